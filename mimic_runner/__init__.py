@@ -1,0 +1,3 @@
+"""mimic-runner: explanation-guided training of medical image classifiers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Datasets: the HDF5 schema, generators, preparers and the Lightning DataModule."""
