@@ -1,0 +1,48 @@
+"""Generate a synthetic dataset once into a cache folder, safely under concurrent sweep jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from mimic_runner.data.schema import write_dataset
+
+SYNTH_KINDS = ("synth_cxr", "synth_smear")
+
+
+def synth_cache_path(kind: str, params: dict[str, Any], cache_dir: str | Path) -> Path:
+    """The cache file for a generator and its parameters (a hash of both names the file)."""
+    key = json.dumps({"kind": kind, "params": params}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / f"{kind}-{digest}.h5"
+
+
+def ensure_synth(kind: str, params: dict[str, Any], cache_dir: str | Path) -> Path:
+    """Return the cached dataset file, generating it first if needed.
+
+    A file lock serialises concurrent jobs, and the writer renames a complete temporary file into
+    place, so several sweep jobs starting at once generate the data exactly once and no reader
+    ever sees a partial file.
+    """
+    from mimic_runner.errors import UserError
+
+    if kind not in SYNTH_KINDS:
+        raise UserError(f"unknown synthetic dataset '{kind}'; choose one of {', '.join(SYNTH_KINDS)}")
+    path = synth_cache_path(kind, params, cache_dir)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():  # another job may have finished it while we waited
+            module = importlib.import_module(f"mimic_runner.data.{kind}")
+            try:
+                arrays = module.generate(**params)
+            except TypeError as exc:
+                raise UserError(f"data.synth.params for {kind}: {exc}") from None
+            write_dataset(path, **arrays)
+    return path

@@ -1,0 +1,48 @@
+"""Ensembles of N classifiers behind one interface, whatever executes the members.
+
+The output is the mean of the members' log-softmax (as in the authors' code). The members'
+feature maps are stacked into one (N, B, C, h, w) tensor and the heads read from that stack, so a
+single ``autograd.grad`` call yields every member's Grad-CAM — and a batched execution of the
+members (vmap or grouped convolutions) can replace the loop without touching anything else.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mimic_runner.models.classifier import BackboneFactory
+from mimic_runner.models.output import ModelOutput
+
+
+class EnsembleNet(nn.Module):
+    """N independently initialised sub-models of one backbone.
+
+    ``forward(x)`` -> ModelOutput with ``logits`` (B, K) = mean_n log_softmax(member_logits[n]),
+    ``features`` (N, B, C, h, w) and ``member_logits`` (N, B, K).
+    """
+
+    def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
+                 ensemble_size: int = 10, impl: str = "loop") -> None:
+        super().__init__()
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        self.ensemble_size = ensemble_size
+        self.impl = impl
+        self.backbones = nn.ModuleList([backbone(in_channels=in_channels)
+                                        for _ in range(ensemble_size)])
+        c = self.backbones[0].out_channels
+        self.heads = nn.ModuleList([nn.Linear(c, num_classes) for _ in range(ensemble_size)])
+
+    def member_features(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> (N, B, C, h, w): each member's last feature map."""
+        return torch.stack([b(x) for b in self.backbones])
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        features = self.member_features(x)
+        pooled = features.mean(dim=(-2, -1))  # (N, B, C)
+        weight = torch.stack([h.weight for h in self.heads])  # (N, K, C)
+        bias = torch.stack([h.bias for h in self.heads])  # (N, K)
+        member_logits = torch.einsum("nbc,nkc->nbk", pooled, weight) + bias[:, None, :]
+        logits = member_logits.log_softmax(dim=-1).mean(dim=0)
+        return ModelOutput(logits=logits, features=features, member_logits=member_logits)
