@@ -26,6 +26,9 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private
     try:
         yield tmp_path
         os.replace(tmp_path, final)

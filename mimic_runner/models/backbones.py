@@ -43,6 +43,28 @@ class Backbone(nn.Module):
             x = stage(x)
         return x
 
+    def stage_index(self, layer: int) -> int:
+        """A (possibly negative) stage index as a positive one, checked."""
+        k = layer if layer >= 0 else len(self.stages) + layer
+        if not 0 <= k < len(self.stages):
+            from mimic_runner.errors import UserError
+
+            raise UserError(f"backbone.explain_layer={layer}: this backbone has "
+                            f"{len(self.stages)} stages (use 0..{len(self.stages) - 1} or -1)")
+        return k
+
+    def forward_to(self, x: Tensor, layer: int) -> Tensor:
+        """Run stages 0..layer (inclusive)."""
+        for stage in self.stages[: self.stage_index(layer) + 1]:
+            x = stage(x)
+        return x
+
+    def forward_from(self, x: Tensor, layer: int) -> Tensor:
+        """Run the stages after ``layer`` on its output."""
+        for stage in self.stages[self.stage_index(layer) + 1:]:
+            x = stage(x)
+        return x
+
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),

@@ -23,7 +23,7 @@ class EnsembleNet(nn.Module):
     """
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
-                 ensemble_size: int = 10, impl: str = "loop") -> None:
+                 ensemble_size: int = 10, impl: str = "loop", explain_layer: int = -1) -> None:
         super().__init__()
         if ensemble_size < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
@@ -31,16 +31,23 @@ class EnsembleNet(nn.Module):
         self.impl = impl
         self.backbones = nn.ModuleList([backbone(in_channels=in_channels)
                                         for _ in range(ensemble_size)])
+        self.explain_layer = self.backbones[0].stage_index(explain_layer)
         c = self.backbones[0].out_channels
         self.heads = nn.ModuleList([nn.Linear(c, num_classes) for _ in range(ensemble_size)])
 
-    def member_features(self, x: Tensor) -> Tensor:
-        """(B, C_in, H, W) -> (N, B, C, h, w): each member's last feature map."""
-        return torch.stack([b(x) for b in self.backbones])
+    def member_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C_in, H, W) -> the explained maps (N, B, C, h, w) and the last maps."""
+        k = self.explain_layer
+        features = torch.stack([b.forward_to(x, k) for b in self.backbones])
+        if k == len(self.backbones[0].stages) - 1:
+            return features, features
+        # Later stages must read from the stacked tensor so that it stays upstream of the logits.
+        last = torch.stack([b.forward_from(features[n], k) for n, b in enumerate(self.backbones)])
+        return features, last
 
     def forward(self, x: Tensor) -> ModelOutput:
-        features = self.member_features(x)
-        pooled = features.mean(dim=(-2, -1))  # (N, B, C)
+        features, last = self.member_features(x)
+        pooled = last.mean(dim=(-2, -1))  # (N, B, C)
         weight = torch.stack([h.weight for h in self.heads])  # (N, K, C)
         bias = torch.stack([h.bias for h in self.heads])  # (N, K)
         member_logits = torch.einsum("nbc,nkc->nbk", pooled, weight) + bias[:, None, :]

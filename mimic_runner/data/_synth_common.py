@@ -1,0 +1,233 @@
+"""Helpers shared by the synthetic generators (:mod:`.synth_cxr`, :mod:`.synth_smear`).
+
+Conventions: batches of maps are ``(B, H, W)`` arrays, pixel coordinates are integer
+``(row, col)`` pairs, and every random draw comes from a ``np.random.Generator`` passed in, so
+that a generator is a pure function of its seed and parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from mimic_runner.errors import UserError
+
+# Corner slots for the shortcut marker, in the order classes are assigned to them:
+# top-left, top-right, bottom-right, bottom-left.
+CORNERS = ("top-left", "top-right", "bottom-right", "bottom-left")
+
+
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
+    """Raise a :class:`UserError` unless ``lo <= value <= hi``."""
+    if not lo <= value <= hi:
+        raise UserError(f"{name}={value} is out of range; use a value in [{lo}, {hi}]")
+
+
+def balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Shuffled int64 labels with class counts differing by at most one."""
+    return rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, num_classes: int, val_frac: float, test_frac: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """uint8 split codes (0 train, 1 val, 2 test), stratified by class.
+
+    Every class puts at least one image in each split, so callers must check that each class
+    has at least three images.
+    """
+    split = np.zeros(len(labels), dtype=np.uint8)
+    for k in range(num_classes):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        n_val = max(1, round(val_frac * len(idx)))
+        n_test = max(1, round(test_frac * len(idx)))
+        split[idx[:n_val]] = 1
+        split[idx[n_val:n_val + n_test]] = 2
+    return split
+
+
+def check_sizes(n: int, num_classes: int, val_frac: float, test_frac: float) -> None:
+    """Validate the image count and split fractions shared by both generators."""
+    check_range("val_frac", val_frac, 0.0, 0.5)
+    check_range("test_frac", test_frac, 0.0, 0.5)
+    if val_frac + test_frac >= 0.9:
+        raise UserError(f"val_frac + test_frac = {val_frac + test_frac:g} leaves too little to "
+                        "train on; keep the sum below 0.9")
+    if n < 3 * num_classes:
+        raise UserError(f"n={n} is too small: train, val and test each need one image of every "
+                        f"class, so use n >= {3 * num_classes}")
+
+
+def marker_slots(labels: np.ndarray, split: np.ndarray, strength: float, num_slots: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Slot index of the shortcut marker of each image.
+
+    In the train split an image's marker is, with probability ``strength``, in the slot of its
+    class (class k -> slot k) and otherwise in a uniformly random slot; in val and test it is
+    always uniformly random, i.e. independent of the class. So ``strength=0`` means no shortcut
+    and the marker predicts the train label with accuracy ``strength + (1 - strength) / K``.
+    """
+    slots = rng.integers(0, num_slots, size=len(labels))
+    follow = (split == 0) & (rng.random(len(labels)) < strength)
+    slots[follow] = labels[follow]
+    return slots
+
+
+def corner_origins(slots: np.ndarray, size: int, box: int, margin: np.ndarray) -> np.ndarray:
+    """Top-left pixel ``(row, col)`` of a ``box`` x ``box`` stamp in corner ``CORNERS[slot]``.
+
+    ``margin`` (per image, pixels) is the gap between the stamp and the image border.
+    """
+    near = margin
+    far = size - box - margin
+    rows = np.where(np.isin(slots, (0, 1)), near, far)
+    cols = np.where(np.isin(slots, (0, 3)), near, far)
+    return np.stack([rows, cols], axis=1).astype(np.int64)
+
+
+def stamp(shape: tuple[int, int, int], template: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    """Boolean ``(B, H, W)`` masks holding ``template`` (h, w) at each image's ``origins`` (B, 2).
+
+    The stamp must lie fully inside the image.
+    """
+    out = np.zeros(shape, dtype=bool)
+    h, w = template.shape
+    b = np.arange(shape[0])[:, None, None]
+    rows = origins[:, 0, None, None] + np.arange(h)[None, :, None]
+    cols = origins[:, 1, None, None] + np.arange(w)[None, None, :]
+    out[b, rows, cols] = template[None]
+    return out
+
+
+def letter_l(box: int) -> np.ndarray:
+    """A ``box`` x ``box`` boolean glyph of the letter "L", like a burned-in laterality marker."""
+    glyph = np.zeros((box, box), dtype=bool)
+    stroke = max(2, round(box / 4))
+    lo, hi = box // 8, box - box // 8  # a thin empty rim, like a printed letter's side bearing
+    glyph[lo:hi, lo:lo + stroke] = True
+    glyph[hi - stroke:hi, lo:hi] = True
+    return glyph
+
+
+def sample_pixels(weights: np.ndarray, k: int, rng: np.random.Generator,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``k`` pixels per image with replacement, with probability proportional to ``weights``.
+
+    ``weights``: non-negative ``(B, H, W)``. Returns ``(rows, cols)`` (B, k) int64 arrays and a
+    ``(B,)`` bool array telling which images had any positive weight (the others' draws are
+    meaningless). One batched ``searchsorted`` over the row-offset cumulative sums.
+    """
+    b, h, w = weights.shape
+    flat = weights.reshape(b, h * w).astype(np.float64)
+    cdf = np.cumsum(flat, axis=1)
+    total = cdf[:, -1]
+    # Offsetting each row by more than any total makes the concatenated CDF monotone.
+    offset = (np.arange(b) * (total.max() + 1.0))[:, None]
+    targets = rng.random((b, k)) * total[:, None] + offset
+    idx = np.searchsorted((cdf + offset).ravel(), targets.ravel(), side="right")
+    idx = np.minimum(idx.reshape(b, k) - np.arange(b)[:, None] * (h * w), h * w - 1)
+    return idx // w, idx % w, total > 0
+
+
+def far_from_boxes(rows: np.ndarray, cols: np.ndarray, origins: np.ndarray, box: int,
+                   radius: int) -> np.ndarray:
+    """True where a pixel (B, k) is more than ``radius`` pixels (Chebyshev) from the image's box.
+
+    A Gaussian truncated at ``radius`` and centred on such a pixel is exactly zero on the box.
+    """
+    r0, c0 = origins[:, 0, None], origins[:, 1, None]
+    dr = np.maximum(np.maximum(r0 - rows, rows - (r0 + box - 1)), 0)
+    dc = np.maximum(np.maximum(c0 - cols, cols - (c0 + box - 1)), 0)
+    return np.maximum(dr, dc) > radius
+
+
+def fixation_maps(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
+                  shape: tuple[int, int, int], sigma: float, truncate: float,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Gaze heatmaps and fixated-pixel masks from weighted fixations.
+
+    ``rows``, ``cols``, ``weights``: (B, k); a weight of 0 drops the fixation. Returns
+    ``gaze`` float32 (B, H, W), the sum over fixations of ``weight`` times a unit-mass Gaussian
+    of ``sigma`` pixels truncated to exactly 0 beyond :func:`truncation_radius` pixels in
+    either axis (the kernel of ``scipy.ndimage.gaussian_filter`` with ``mode="constant"``), and
+    ``fixations`` bool (B, H, W).
+
+    Each Gaussian is separable, so the whole batch is one batched matrix product
+    ``gy^T @ gx`` of per-fixation row and column profiles: much cheaper than filtering
+    full-size images, and exactly 0 wherever every profile product is 0.
+    """
+    b, h, w = shape
+    radius = truncation_radius(sigma, truncate)
+    taps = np.arange(-radius, radius + 1)
+    norm = np.exp(-0.5 * (taps / sigma) ** 2).sum()
+
+    def profile(centres: np.ndarray, length: int) -> np.ndarray:  # (B, k) -> (B, k, length)
+        d = np.arange(length)[None, None, :] - centres[:, :, None]
+        g = np.exp(-0.5 * (d / sigma) ** 2) / norm
+        return np.where(np.abs(d) <= radius, g, 0.0).astype(np.float32)
+
+    gy = profile(rows, h) * weights[:, :, None].astype(np.float32)
+    gaze = np.matmul(gy.transpose(0, 2, 1), profile(cols, w))
+    fixations = np.zeros(shape, dtype=bool)
+    keep = weights > 0
+    fixations[np.nonzero(keep)[0], rows[keep], cols[keep]] = True
+    return gaze, fixations
+
+
+def smooth_noise_bank(rng: np.random.Generator, size: int, sigma: float,
+                      channels: int = 1) -> np.ndarray:
+    """A float32 ``(3 size, 3 size)`` (or ``(channels, 3 size, 3 size)``) field of Gaussian-
+    smoothed noise with unit standard deviation, to crop per-image textures from.
+
+    Filtering one field and cropping it at random offsets (see :func:`crop_bank`) costs far
+    less than filtering a fresh noise image per image.
+    """
+    shape = (channels, 3 * size, 3 * size)
+    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32),
+                                    (0, sigma, sigma), mode="wrap")
+    field /= field.std()
+    return field[0] if channels == 1 else field
+
+
+def crop_bank(bank: np.ndarray, size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` random ``size`` x ``size`` crops of ``bank`` (last two axes), randomly flipped.
+
+    Returns float32 ``(count, size, size)`` (or ``(count, C, size, size)`` for a C-channel bank).
+    """
+    span = bank.shape[-1] - size
+    offsets = rng.integers(0, span + 1, (count, 2))
+    flips = rng.random((count, 2)) < 0.5
+    out = []
+    for (r0, c0), (fr, fc) in zip(offsets, flips):
+        crop = bank[..., r0:r0 + size, c0:c0 + size]
+        out.append(crop[..., ::-1 if fr else 1, ::-1 if fc else 1])
+    return np.stack(out)
+
+
+def truncation_radius(sigma: float, truncate: float) -> int:
+    """The support radius, in pixels, of ``scipy.ndimage.gaussian_filter``'s kernel."""
+    return int(truncate * float(sigma) + 0.5)
+
+
+def make_ids(source: str, n: int) -> np.ndarray:
+    """Stable ids ``<source>-000123`` (at least six digits)."""
+    width = max(6, len(str(n - 1)))
+    return np.asarray([f"{source}-{i:0{width}d}" for i in range(n)], dtype=object)
+
+
+def synth_attrs(kind: str, params: dict[str, object], strength_meaning: str,
+                slots: Sequence[str]) -> dict[str, object]:
+    """File attributes recording the generator and all of its parameters (as sorted JSON)."""
+    return {
+        "synth_kind": kind,
+        "synth_params": json.dumps(params, sort_keys=True),
+        "confounder_meaning": strength_meaning,
+        "confounder_slots": ",".join(slots),
+    }
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` rows covering ``range(n)``."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]

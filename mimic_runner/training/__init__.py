@@ -1,0 +1,1 @@
+"""LightningModules, callbacks and the run driver: glue around the pure functions."""
