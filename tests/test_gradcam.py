@@ -203,7 +203,7 @@ def test_errors(tiny: TinyNet) -> None:
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         logits, feats = tiny.forward_with_features(x)
-    with pytest.raises(RuntimeError, match="requires? grad"):
+    with pytest.raises(RuntimeError, match="does not require grad"):
         grad_cam(logits, feats)
     logits, feats = tiny.forward_with_features(x)
     with pytest.raises(ValueError, match="leading dims"):

@@ -79,15 +79,15 @@ def _trapz(x: list[float], y: list[float]) -> float:
 def ref_auc_judd(sal: np.ndarray, fix: np.ndarray) -> float:
     s = sal.astype(np.float64)
     s = (s - s.min()) / (s.max() - s.min())
-    S, F = s.ravel(order="F"), fix.ravel(order="F")  # MATLAB's (:) is column-major
-    sth = S[F > 0]
-    n_fix, n_pix = len(sth), len(S)
+    s_vec, f_vec = s.ravel(order="F"), fix.ravel(order="F")  # MATLAB's (:) is column-major
+    sth = s_vec[f_vec > 0]
+    n_fix, n_pix = len(sth), len(s_vec)
     allthreshes = -np.sort(-sth)  # sort(..., 'descend')
     tp, fp = [0.0] * (n_fix + 2), [0.0] * (n_fix + 2)
     tp[-1], fp[-1] = 1.0, 1.0
     for i in range(1, n_fix + 1):
         thresh = allthreshes[i - 1]
-        aboveth = int(np.sum(S >= thresh))
+        aboveth = int(np.sum(s_vec >= thresh))
         tp[i] = i / n_fix
         fp[i] = (aboveth - i) / (n_pix - n_fix)
     return _trapz(fp, tp)
@@ -329,4 +329,4 @@ def test_shapes_dtypes_and_errors() -> None:
         cc(torch.rand(4), torch.rand(4))
     with pytest.raises(ValueError, match="non-negative"):
         kld(s32 - 0.5, g32)
-    assert MATLAB_EPS == np.finfo(np.float64).eps
+    assert np.finfo(np.float64).eps == MATLAB_EPS

@@ -117,7 +117,9 @@ def grad_cam(
             member's/sample's logits depend only on its own slice of ``features``. Stack the
             members' maps first and compute each member's logits from its slice of the stacked
             tensor, or the stacked tensor is not in the graph.
-        targets: (*,) integer class per map; default: ``argmax`` of ``logits``.
+        targets: (*,) integer class per map; default: ``argmax`` of ``logits``. For the
+            ensemble map of DESIGN.md (mean of the members' maps for the ensemble's class):
+            ``grad_cam(member_logits, features, targets=pred.expand(N, -1)).mean(0)``.
         size: output size, int or (H, W); default: the feature size (h, w).
         create_graph: if True the returned map is differentiable w.r.t. everything the
             features and logits depend on (model weights, inputs), for explanation losses.

@@ -9,9 +9,10 @@ Shapes: every map is (H, W) or (B, H, W); the two maps of a call must have the s
 ``ValueError`` naming both shapes: resize explicitly before scoring). The result is a 0-d
 tensor for (H, W) input, else (B,). Maps are scored independently per image.
 
-Dtypes: computation happens in the promoted floating dtype of the inputs (float64 if none
-is floating). Fixation maps may be bool or numeric; ``nss`` treats non-zero entries as
-fixated (MATLAB ``logical``), ``auc_judd`` entries > 0 (MATLAB ``F > 0``).
+Dtypes: computation happens in the promoted floating dtype of the two maps (float64 if
+none is floating; for fixation maps and masks, the saliency map's dtype alone). Fixation
+maps may be bool or numeric; ``nss`` treats non-zero entries as fixated (MATLAB
+``logical``), ``auc_judd`` entries > 0 (MATLAB ``F > 0``).
 
 Degenerate inputs (the MATLAB code returns NaN, garbage or a misleading number for these).
 The rule: a degenerate *prediction* gets a defined score, because it is a real model output
@@ -35,6 +36,8 @@ case                          score
                               diagonal, and what MATLAB's default jitter gives on average)
 ``auc_judd``, no fixation     NaN (as MATLAB)
 ``auc_judd``, all fixated     NaN (no negatives, the false-positive rate is 0/0)
+``nss_from_gaze``, zero gaze  NaN (no gaze to weight by / no fixation)
+``confounder_share``, 0 map   NaN (no mass to share out); an empty mask gives 0.0
 ============================  ====================================================
 
 ``nss_from_gaze`` scores NSS against a continuous gaze heatmap when a dataset has no
