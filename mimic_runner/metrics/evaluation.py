@@ -26,12 +26,14 @@ class ExplanationMetrics(nn.Module):
     :attr:`nss_variant_used` and goes into ``metrics.json``.
     """
 
-    def __init__(self, maps: tuple[str, ...], nss_variant: str = "auto",
-                 prefix: str = "test/") -> None:
+    def __init__(
+        self, maps: tuple[str, ...], nss_variant: str = "auto", prefix: str = "test/"
+    ) -> None:
         super().__init__()
         if nss_variant not in NSS_CHOICES:
-            raise UserError(f"explain.nss_variant='{nss_variant}': choose one of "
-                            f"{', '.join(NSS_CHOICES)}")
+            raise UserError(
+                f"explain.nss_variant='{nss_variant}': choose one of {', '.join(NSS_CHOICES)}"
+            )
         self.prefix = prefix
         self.sources: dict[str, str] = {}  # metric name -> batch key of its target
         metrics: dict[str, nn.Module] = {}
@@ -46,8 +48,10 @@ class ExplanationMetrics(nn.Module):
             self.sources.update(nss="fixations", auc_judd="fixations")
         elif "gaze" in maps:
             if nss_variant == "fixations":
-                raise UserError("explain.nss_variant=fixations but the data has no 'fixations' "
-                                "map; use auto or a gaze variant (weighted, quantile, positive)")
+                raise UserError(
+                    "explain.nss_variant=fixations but the data has no 'fixations' "
+                    "map; use auto or a gaze variant (weighted, quantile, positive)"
+                )
             variant = "weighted" if nss_variant == "auto" else nss_variant
             metrics["nss"] = SaliencyNSS(source="gaze", variant=variant)
             self.sources["nss"] = "gaze"
