@@ -2,7 +2,7 @@
 
 Optional parallel trees hold per-image maps under the same relative path and stem, any image
 extension or ``.npy`` (``heatmaps/<class>/<name>.png``; a flat ``heatmaps/<name>.png`` is
-accepted when the stem is unique):
+accepted when no other map at the top of that folder has the same stem):
 
 - ``--heatmaps`` -> ``gaze``: the map's values as float (grey PNG/TIFF or ``.npy``; must be
   finite and non-negative; colour images are refused, a colour-mapped heatmap is not a heatmap);
@@ -15,14 +15,17 @@ accepted when the stem is unique):
 Maps may have a different size from their image but the same aspect ratio (within 2 %); they go
 through the image's transform. An image without its map is skipped and reported. Ids are
 ``<class>/<relative path without extension>``. Classes are the sorted sub-folders of ``root``
-(or ``classes``, in that order). The split is random and stratified by class, or read from a
-CSV with a ``split`` column (train/val/test or 0/1/2) and an ``id`` (or ``path``/``file``)
-column matched against the ids, relative paths or unique stems.
+(hidden ones, ``__MACOSX`` and the map folders excluded) or ``classes``, in that order. The
+split is random and stratified by class, or read from a CSV with a ``split`` column
+(train/val/test or 0/1/2) and an ``id`` (or ``path``/``file``) column matched against the ids,
+longer paths ending in an id, or stems that name one image only; images it does not name are
+skipped and reported.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,7 +62,8 @@ SOURCE = "folder"
 
 
 class MapIndex:
-    """Files of a parallel map tree, found by relative stem (``class/name``) or unique stem."""
+    """Files of a parallel map tree, found by relative stem (``class/name``) or, for files at
+    the top of the tree, by unique stem (a flat ``maps/<name>.png``)."""
 
     def __init__(self, root: Path, what: str) -> None:
         self.root = check_dir(root, f"{what} folder")
@@ -71,12 +75,14 @@ class MapIndex:
             if (p.is_file() and p.suffix.lower() in MAP_SUFFIXES
                     and not any(s.startswith(".") for s in rel.parts)):
                 self.by_rel.setdefault(rel.with_suffix("").as_posix(), p)
-                self.by_stem.setdefault(p.stem, []).append(p)
+                if len(rel.parts) == 1:  # only a flat tree may match by stem alone
+                    self.by_stem.setdefault(p.stem, []).append(p)
 
-    def find(self, image_id: str) -> Path | None:
+    def find(self, image_id: str, stem_is_unique: bool = True) -> Path | None:
+        """The map of ``image_id``; by stem only if no other image has that stem either."""
         if image_id in self.by_rel:
             return self.by_rel[image_id]
-        flat = self.by_stem.get(image_id.rsplit("/", 1)[-1], [])
+        flat = self.by_stem.get(image_id.rsplit("/", 1)[-1], []) if stem_is_unique else []
         return flat[0] if len(flat) == 1 else None
 
 
@@ -180,8 +186,10 @@ def find_classes(root: Path, classes: Sequence[str] | None, exclude: Sequence[Pa
                  log: SkipLog) -> list[str]:
     """Class folder names: ``classes`` (checked) or the sorted visible sub-folders of ``root``."""
     excluded = {p.resolve() for p in exclude}
+    # hidden folders and zip debris (__MACOSX) are not classes
     present = sorted(p.name for p in root.iterdir()
-                     if p.is_dir() and not p.name.startswith(".") and p.resolve() not in excluded)
+                     if p.is_dir() and not p.name.startswith((".", "__"))
+                     and p.resolve() not in excluded)
     if classes:
         missing = [c for c in classes if c not in present]
         if missing:
@@ -272,8 +280,10 @@ def prepare_folder(
     gaze = np.zeros((n if {"heatmaps", "rois"} & maps.keys() else 0, size, size), np.float32)
     fix = np.zeros((n if "fixations" in maps else 0, size, size), dtype=bool)
     kept: list[tuple[str, Path, int]] = []
+    stems = Counter(i.rsplit("/", 1)[-1] for i, _, _ in items)
     for image_id, path, k in track(items, n, "folder", enabled=progress):
-        found = {key: m.find(image_id) for key, m in maps.items()}
+        unique = stems[image_id.rsplit("/", 1)[-1]] == 1
+        found = {key: m.find(image_id, unique) for key, m in maps.items()}
         absent = [key for key, p in found.items() if p is None]
         if absent:
             log.skip(" and ".join(what_map[a] for a in absent), image_id)

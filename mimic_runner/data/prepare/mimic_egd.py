@@ -28,6 +28,8 @@ Choices (see also the CLI help):
   even size). Any other point outside the image is an error naming the CSV line, the dicom id
   and the coordinate — usually the images are not at their original resolution — unless
   ``outside="drop"``, which drops and reports such points.
+- Fixation rows with a blank coordinate (the release's mapping leaves the cell empty when it
+  failed) are dropped and counted; a non-numeric coordinate is an error.
 - Rows without exactly one hot class, without patient id, without an image, or without any
   fixation left are skipped and reported. Splits are by ``patient_id``.
 """
@@ -101,25 +103,33 @@ def read_master_sheet(path: Path, log: SkipLog) -> list[_Case]:
     return cases
 
 
-def read_fixations(path: Path, wanted: set[str]) -> tuple[dict[str, list[tuple[int, float, float]]],
-                                                          int]:
-    """``DICOM_ID -> [(csv_line, x, y)]`` for the wanted ids, and the count of other ids' rows."""
-    out: dict[str, list[tuple[int, float, float]]] = {}
-    other = 0
+Fixations = dict[str, list[tuple[int, float, float]]]
+
+
+def read_fixations(path: Path, wanted: set[str]) -> tuple[Fixations, int, int]:
+    """``DICOM_ID -> [(csv_line, x, y)]`` for the wanted ids, the count of other ids' rows and
+    the count of rows with a blank coordinate (the release's mapping leaves a cell empty when it
+    failed for that fixation)."""
+    out: Fixations = {}
+    other = blank = 0
     for line, row in csv_rows(path, FIXATION_COLUMNS,
                               hint="; --egd must be the egd-cxr folder holding fixations.csv"):
         dicom_id = row["DICOM_ID"]
         if dicom_id not in wanted:
             other += 1
             continue
+        if not row["X_ORIGINAL"] or not row["Y_ORIGINAL"]:
+            blank += 1
+            continue
         x = parse_float(row["X_ORIGINAL"], path, line, "X_ORIGINAL")
         y = parse_float(row["Y_ORIGINAL"], path, line, "Y_ORIGINAL")
         out.setdefault(dicom_id, []).append((line, x, y))
-    return out, other
+    return out, other, blank
 
 
-def find_image(images: Path, rel_path: str, dicom_id: str) -> Path | None:
-    """The JPG/PNG for a master-sheet ``path`` under ``images`` (or ``images`` = ``files/``)."""
+def find_image(images: Path, rel_path: str, dicom_id: str) -> Path | str:
+    """The JPG/PNG for a master-sheet ``path`` under ``images`` (or ``images`` = ``files/``),
+    or why there is none (a skip reason)."""
     rel = Path(rel_path) if rel_path else Path(dicom_id)
     stems = [rel.with_suffix("")]
     if rel.parts and rel.parts[0] == "files":
@@ -129,7 +139,9 @@ def find_image(images: Path, rel_path: str, dicom_id: str) -> Path | None:
             candidate = images / stem.with_name(stem.name + suffix)
             if candidate.is_file():
                 return candidate
-    return None
+    if any((images / stem.with_name(stem.name + ".dcm")).is_file() for stem in stems):
+        return "only a DICOM found; use MIMIC-CXR-JPG for --images"
+    return "image not found (.jpg/.png)"
 
 
 def check_fixations(points: list[tuple[int, float, float]], width: int, height: int, *,
@@ -203,9 +215,12 @@ def prepare_mimic_egd(
 
     log = SkipLog()
     cases = read_master_sheet(master_csv, log)
-    fixations, other = read_fixations(fixations_csv, {c.dicom_id for c in cases})
+    fixations, other, blank = read_fixations(fixations_csv, {c.dicom_id for c in cases})
     if other:
-        log.note(f"ignored {other} fixation rows of images not kept from master_sheet.csv")
+        log.note(f"ignored {other} fixation rows whose DICOM_ID is not a kept row of "
+                 "master_sheet.csv")
+    if blank:
+        log.note(f"dropped {blank} fixations with a blank X_ORIGINAL/Y_ORIGINAL")
 
     n = len(cases)
     imgs = np.zeros((n, 1, size, size), dtype=np.uint8)
@@ -219,10 +234,11 @@ def prepare_mimic_egd(
             log.skip("no fixations in fixations.csv", case.dicom_id)
             continue
         path = find_image(images_dir, case.rel_path, case.dicom_id)
-        if path is None:
-            log.skip("image not found (.jpg/.png)", case.dicom_id)
+        if isinstance(path, str):
+            log.skip(path, case.dicom_id)
             continue
-        width, height = open_image(path).size  # header only: check points before decoding
+        with open_image(path) as header:  # header only: check the points before decoding
+            width, height = header.size
         xs, ys = check_fixations(points, width, height, dicom_id=case.dicom_id,
                                  fixations_csv=fixations_csv, image=path, outside=outside,
                                  counts=counts)
