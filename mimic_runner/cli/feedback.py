@@ -1,0 +1,289 @@
+"""`mimic-feedback`: human feedback on the attention of an attention-branch run.
+
+    mimic-feedback serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--token T]
+    mimic-feedback add-roi RUN_DIR --image ID --shape rect --kind exclude --points 0.1,0.1 0.3,0.3
+    mimic-feedback retrain RUN_DIR --epochs 2 --gamma 30
+    mimic-feedback diff RUN_DIR
+    mimic-feedback accept RUN_DIR | rollback RUN_DIR | status RUN_DIR
+
+The workspace (feedback store, version checkpoints) defaults to RUN_DIR/feedback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mimic_runner.errors import UserError, exit_on_user_error
+
+console = Console()
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _points(values: list[str]) -> list[list[float]]:
+    pts = []
+    for v in values:
+        try:
+            x, y = (float(t) for t in v.split(","))
+        except ValueError:
+            raise UserError(f"--points: '{v}' is not 'x,y' (image-normalised, e.g. 0.25,0.6)"
+                            ) from None
+        pts.append([x, y])
+    return pts
+
+
+def _session(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from mimic_runner.feedback.session import FeedbackSession
+
+    return FeedbackSession(args.run_dir, workspace=args.workspace, author=args.author)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _versions_table(status: dict[str, Any]) -> Table:
+    table = Table(title="versions")
+    for col in ("id", "parent", "status", "created", "sha256", "held-out acc"):
+        table.add_column(col)
+    for v in status["versions"]:
+        m = v["metrics"] or {}
+        acc = m.get(f"{m['heldout_split']}/acc") if "heldout_split" in m else m.get("test/acc")
+        table.add_row(f"v{v['id']}" + (" (current)" if v["current"] else ""),
+                      f"v{v['parent']}" if v["parent"] else "-", v["status"],
+                      v["created"][:19].replace("T", " "), v["sha256"][:12],
+                      f"{acc:.4f}" if isinstance(acc, float) else "-")
+    return table
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from mimic_runner.feedback.app import create_app
+
+    token = args.token
+    loopback = _is_loopback(args.host)
+    if not loopback and token is None and not args.no_token:
+        token = secrets.token_urlsafe(24)  # never serve the network without a token by default
+    session = _session(args)
+    allowed = None if not loopback else ["127.0.0.1", "localhost", "[::1]", "::1"]
+    app = create_app(session, token=token, allowed_hosts=allowed)
+    shown = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    url = f"http://{shown}:{args.port}/"
+    if token:
+        url += f"?token={token}"
+    console.print(f"mimic-feedback: serving {session.run_dir} (workspace {session.workspace})")
+    console.print(f"open [bold]{url}[/bold]   (API reference: /docs; Ctrl+C stops)")
+    if not loopback and not token:
+        console.print("[red]warning[/red]: serving the network without an access token")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def cmd_add_roi(args: argparse.Namespace) -> None:
+    if args.json:
+        data = json.loads(Path(args.json).read_text())
+        rois = data["rois"] if isinstance(data, dict) else data
+    else:
+        if not (args.image and args.shape and args.kind and args.points):
+            raise UserError("add-roi: give --image, --shape, --kind and --points, or --json FILE")
+        rois = [{"image_id": args.image, "shape": args.shape, "kind": args.kind,
+                 "points": _points(args.points), "weight": args.weight}]
+    created = _session(args).add_rois(rois)
+    for r in created:
+        console.print(f"added region {r['id']}: {r['shape']} {r['kind']} on {r['image_id']}")
+
+
+def cmd_rois(args: argparse.Namespace) -> None:
+    from mimic_runner.feedback.store import FeedbackStore
+
+    store = FeedbackStore(Path(args.workspace or Path(args.run_dir) / "feedback")
+                          / "feedback.sqlite")
+    _print_json(store.rois(args.image))
+
+
+def cmd_delete_roi(args: argparse.Namespace) -> None:
+    row = _session(args).store.delete_roi(args.roi_id, author=args.author)
+    console.print(f"deleted region {row['id']} on {row['image_id']}")
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from rich.progress import Progress
+
+    from mimic_runner.feedback.retrain import RetrainParams, retrain
+
+    params = RetrainParams(gamma=args.gamma, epochs=args.epochs, lr=args.lr, train=args.train,
+                           mode=args.mode, max_batches=args.max_batches,
+                           batch_size=args.batch_size, heldout=args.heldout, seed=args.seed)
+    session = _session(args)
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("retraining", total=1.0)
+        version = retrain(session, params,
+                          progress=lambda f, m: bar.update(task, completed=f, description=m))
+    m = version["metrics"]
+    split = m["heldout_split"]
+    console.print(f"candidate version {version['id']} (parent v{version['parent']}): "
+                  f"{split} acc {m[f'{split}/acc']:.4f}; accept or roll back after "
+                  "`mimic-feedback diff`")
+
+
+def cmd_diff(args: argparse.Namespace) -> None:
+    from mimic_runner.feedback.diff import compare_versions
+
+    session = _session(args)
+    before = args.before or int(session.store.current()["id"])
+    after = args.after
+    if after is None:
+        cand = session.store.candidate()
+        if cand is None:
+            raise UserError("diff: no candidate to compare; retrain first or pass --after N")
+        after = int(cand["id"])
+    d = compare_versions(session, before, after, args.heldout)
+    if args.json:
+        _print_json(d)
+        return
+    table = Table(title=f"v{before} -> v{after}")
+    for col in ("", f"v{before}", f"v{after}", "delta"):
+        table.add_column(col, justify="right" if col else "left")
+
+    def add(label: str, ba: dict[str, Any] | None) -> None:
+        if ba:
+            table.add_row(label, *(f"{ba[k]:.4f}" if ba[k] is not None else "-"
+                                   for k in ("before", "after", "delta")))
+
+    fb, ho = d["feedback"], d["heldout"]
+    add(f"feedback ({fb['n_images']} images): share in include regions", fb.get("include_share"))
+    add("feedback: share in exclude regions", fb.get("exclude_share"))
+    add("feedback: share on the confounder", fb.get("confounder_share"))
+    add("feedback: accuracy", fb.get("accuracy"))
+    add(f"{ho['split']} ({ho['n_images']} images): accuracy", ho["accuracy"])
+    add(f"{ho['split']}: share on the confounder", ho.get("confounder_share"))
+    table.add_row(f"{ho['split']}: prediction changes", "", str(ho["prediction_changes"]), "")
+    table.add_row(f"{ho['split']}: mean |attention change|", "",
+                  f"{ho['mean_abs_attention_change']:.4f}", "")
+    console.print(table)
+
+
+def cmd_accept(args: argparse.Namespace) -> None:
+    v = _session(args).accept(args.version)
+    console.print(f"accepted: version {v['id']} is current (sha256 {v['sha256'][:12]}…)")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    r = _session(args).rollback()
+    console.print(f"rolled back version {r['rolled_back']['id']}: version {r['current']['id']} "
+                  f"is current (sha256 {r['current']['sha256'][:12]}…)")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    status = _session(args).status()
+    if args.json:
+        _print_json(status)
+        return
+    console.print(_versions_table(status))
+    cand = status["candidate"]
+    console.print(f"current: v{status['current']['id']} · candidate: "
+                  f"{'v' + str(cand['id']) if cand else 'none'} · regions: {status['n_rois']} · "
+                  f"weights sha256 {status['weights_sha256'][:12]}…")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimic-feedback", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("run_dir", metavar="RUN_DIR", help="a finished model=attention_branch run")
+        p.add_argument("--workspace", default=None,
+                       help="feedback workspace folder (default: RUN_DIR/feedback)")
+        p.add_argument("--author", default="", help="who gives the feedback (audit log)")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("serve", cmd_serve, "serve the feedback web page and its JSON API")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=None, help="access token required by every request "
+                   "(generated when --host is not a loopback address)")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve a non-loopback address without a token (not recommended)")
+    p.add_argument("--log-level", default="warning")
+
+    p = command("add-roi", cmd_add_roi, "add a region of interest to a training image")
+    p.add_argument("--image", help="image id")
+    p.add_argument("--shape", choices=("rect", "ellipse", "polygon"))
+    p.add_argument("--kind", choices=("include", "exclude"),
+                   help="include: look here; exclude: not here")
+    p.add_argument("--points", nargs="+", metavar="X,Y",
+                   help="image-normalised points: two box corners (rect, ellipse) or the "
+                   "vertices (polygon)")
+    p.add_argument("--weight", type=float, default=1.0)
+    p.add_argument("--json", help="a JSON file with a list of regions (or {'rois': [...]})")
+
+    p = command("rois", cmd_rois, "list the regions of interest as JSON")
+    p.add_argument("--image", default=None)
+
+    p = command("delete-roi", cmd_delete_roi, "delete a region of interest")
+    p.add_argument("roi_id", type=int)
+
+    from mimic_runner.feedback.retrain import TRAIN_PARTS, RetrainParams
+    from mimic_runner.feedback.roi import TARGET_MODES
+
+    d = RetrainParams()
+    p = command("retrain", cmd_retrain, "retrain the current version with the feedback")
+    p.add_argument("--gamma", type=float, default=d.gamma, help="weight of the feedback loss")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--train", choices=TRAIN_PARTS, default=d.train,
+                   help="which parts are trained")
+    p.add_argument("--mode", choices=TARGET_MODES, default=d.mode,
+                   help="how the corrected map is built from the regions")
+    p.add_argument("--max-batches", type=int, default=None,
+                   help="training batches per epoch (default: the whole train split)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--heldout", choices=("val", "test"), default=d.heldout)
+    p.add_argument("--seed", type=int, default=d.seed)
+
+    p = command("diff", cmd_diff, "differences between two versions (default: current vs "
+                "candidate)")
+    p.add_argument("--before", type=int, default=None)
+    p.add_argument("--after", type=int, default=None)
+    p.add_argument("--heldout", choices=("val", "test"), default="val")
+    p.add_argument("--json", action="store_true")
+
+    p = command("accept", cmd_accept, "accept the candidate: it becomes the current version")
+    p.add_argument("--version", type=int, default=None)
+
+    command("rollback", cmd_rollback, "discard the candidate, or return to the previous "
+            "accepted version")
+
+    p = command("status", cmd_status, "versions, current and candidate, regions")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,179 @@
+"""Differences between two model versions: attention on the feedback images and a held-out set.
+
+For the images that carry feedback: the attention share inside the "look here" and the
+"not here" regions (and on the confounder, where the data marks one) before and after, and the
+predictions. For a held-out split (val or test): accuracy, how many predictions changed, the
+attention share on the confounder and the mean absolute change of the attention map.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from mimic_runner.feedback.roi import mass_share, roi_masks
+from mimic_runner.training.attention import AttentionBranchModule
+
+if TYPE_CHECKING:
+    from mimic_runner.feedback.session import FeedbackSession
+
+MAX_LISTED = 200  # per-image rows returned for the feedback images / changed predictions
+
+
+def nanmean(x: Tensor) -> float | None:
+    """Mean over the finite entries; None when there is none (JSON-friendly)."""
+    x = x[torch.isfinite(x)]
+    return float(x.mean()) if x.numel() else None
+
+
+def _ba(before: float | None, after: float | None) -> dict[str, float | None]:
+    delta = None if before is None or after is None else after - before
+    return {"before": before, "after": after, "delta": delta}
+
+
+@torch.no_grad()
+def forward_maps(module: AttentionBranchModule, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Probabilities (B, K) and attention maps (B, H, W) of normalised images (eval mode)."""
+    was = module.training
+    module.eval()
+    probs, maps = module.predict_attention(images)
+    module.train(was)
+    return probs, maps
+
+
+def feedback_masks(session: FeedbackSession, image_ids: list[str]
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """Include and exclude masks (B, H, W) and weights (B,) of images with regions."""
+    grouped = session.rois_by_image()
+    inc, exc, w = [], [], []
+    for image_id in image_ids:
+        i, e, weight = roi_masks(grouped.get(image_id, []), session.height, session.width)
+        inc.append(i)
+        exc.append(e)
+        w.append(weight)
+    return torch.stack(inc), torch.stack(exc), torch.tensor(w)
+
+
+def feedback_summary(session: FeedbackSession, modules: dict[str, AttentionBranchModule],
+                     image_ids: list[str], batch_size: int = 64) -> dict[str, Any]:
+    """Per module name: attention share inside the include / exclude regions and on the
+    confounder, and the predictions, over the feedback images."""
+    out: dict[str, dict[str, list[Any]]] = {k: {} for k in modules}
+    for start in range(0, len(image_ids), batch_size):
+        ids = image_ids[start:start + batch_size]
+        batch = session.batch(ids)
+        inc, exc, _ = feedback_masks(session, ids)
+        for name, module in modules.items():
+            probs, maps = forward_maps(module, batch["image"])
+            rows = out[name]
+            rows.setdefault("include_share", []).append(mass_share(maps, inc))
+            rows.setdefault("exclude_share", []).append(mass_share(maps, exc))
+            if "confounder" in batch:
+                rows.setdefault("confounder_share", []).append(
+                    mass_share(maps, batch["confounder"]))
+            rows.setdefault("pred", []).append(probs.argmax(-1))
+            rows.setdefault("prob", []).append(probs)
+            rows.setdefault("label", []).append(batch["label"])
+    return {name: {k: torch.cat(v) for k, v in rows.items()} for name, rows in out.items()}
+
+
+def heldout_summary(session: FeedbackSession, modules: dict[str, AttentionBranchModule],
+                    split: str) -> dict[str, dict[str, Tensor]]:
+    """Per module name: predictions (N,), labels (N,), confounder shares (N,) on a split, and
+    under ``"_pair"`` the mean absolute map difference (N,) between the first two modules."""
+    loader = session.dm.loader(split)
+    out: dict[str, dict[str, list[Tensor]]] = {k: {} for k in [*modules, "_pair"]}
+    for batch in loader:
+        x = session.dm.normalise(batch["image"])
+        maps_seen = []
+        for name, module in modules.items():
+            probs, maps = forward_maps(module, x)
+            maps_seen.append(maps)
+            rows = out[name]
+            rows.setdefault("pred", []).append(probs.argmax(-1))
+            rows.setdefault("label", []).append(batch["label"])
+            if "confounder" in batch:
+                rows.setdefault("confounder_share", []).append(
+                    mass_share(maps, batch["confounder"]))
+        if len(maps_seen) >= 2:
+            out["_pair"].setdefault("abs_change", []).append(
+                (maps_seen[1] - maps_seen[0]).abs().flatten(1).mean(-1))
+    return {name: {k: torch.cat(v) for k, v in rows.items()} for name, rows in out.items()
+            if rows}
+
+
+def evaluate_version(session: FeedbackSession, module: AttentionBranchModule,
+                     split: str = "val") -> dict[str, Any]:
+    """Accuracy and attention shares of one version (recorded with a candidate)."""
+    held = heldout_summary(session, {"m": module}, split)["m"]
+    metrics: dict[str, Any] = {"heldout_split": split,
+                               f"{split}/acc": float((held["pred"] == held["label"]).float()
+                                                     .mean())}
+    if "confounder_share" in held:
+        metrics[f"{split}/confounder_share"] = nanmean(held["confounder_share"])
+    ids = sorted(session.rois_by_image())
+    if ids:
+        fb = feedback_summary(session, {"m": module}, ids)["m"]
+        metrics["feedback/include_share"] = nanmean(fb["include_share"])
+        metrics["feedback/exclude_share"] = nanmean(fb["exclude_share"])
+    return metrics
+
+
+def compare_versions(session: FeedbackSession, before: int, after: int,
+                     heldout: str = "val") -> dict[str, Any]:
+    """The differences between two versions (see the module docstring), JSON-ready."""
+    modules = {"before": session.model(before), "after": session.model(after)}
+    result: dict[str, Any] = {"before_version": before, "after_version": after}
+    ids = sorted(session.rois_by_image())
+    fb_block: dict[str, Any] = {"n_images": len(ids)}
+    if ids:
+        fb = feedback_summary(session, modules, ids)
+        b, a = fb["before"], fb["after"]
+        for key in ("include_share", "exclude_share", "confounder_share"):
+            if key in b:
+                fb_block[key] = _ba(nanmean(b[key]), nanmean(a[key]))
+        fb_block["accuracy"] = _ba(float((b["pred"] == b["label"]).float().mean()),
+                                   float((a["pred"] == a["label"]).float().mean()))
+        fb_block["prediction_changes"] = int((b["pred"] != a["pred"]).sum())
+        rows = []
+        for i, image_id in enumerate(ids[:MAX_LISTED]):
+            row: dict[str, Any] = {
+                "id": image_id, "label": int(b["label"][i]),
+                "pred_before": int(b["pred"][i]), "pred_after": int(a["pred"][i]),
+                "prob_before": float(b["prob"][i].max()),
+                "prob_after": float(a["prob"][i].max())}
+            for key in ("include_share", "exclude_share", "confounder_share"):
+                if key in b:
+                    row[key] = _ba(_finite(b[key][i]), _finite(a[key][i]))
+            rows.append(row)
+        fb_block["images"] = rows
+    result["feedback"] = fb_block
+
+    held = heldout_summary(session, modules, heldout)
+    b, a = held["before"], held["after"]
+    changed = torch.nonzero(b["pred"] != a["pred"]).flatten().tolist()
+    split_ids = session.dm.ids[heldout]
+    hb: dict[str, Any] = {
+        "split": heldout, "n_images": len(b["pred"]),
+        "accuracy": _ba(float((b["pred"] == b["label"]).float().mean()),
+                        float((a["pred"] == a["label"]).float().mean())),
+        "prediction_changes": len(changed),
+        "changed": [{"id": str(split_ids[i]), "label": int(b["label"][i]),
+                     "pred_before": int(b["pred"][i]), "pred_after": int(a["pred"][i])}
+                    for i in changed[:MAX_LISTED]],
+        "mean_abs_attention_change": nanmean(held["_pair"]["abs_change"]),
+    }
+    if "confounder_share" in b:
+        hb["confounder_share"] = _ba(nanmean(b["confounder_share"]),
+                                     nanmean(a["confounder_share"]))
+    result["heldout"] = hb
+    result["class_names"] = session.class_names
+    return result
+
+
+def _finite(x: Tensor) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
