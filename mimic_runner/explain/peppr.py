@@ -1,0 +1,434 @@
+"""PEPPR — Progressive Erasing Plus Progressive Restoration — as functions on tensors.
+
+Checks that an explanation used as a pixel *ranking* is faithful to the model (Engelmann et al.
+2021, for global explanations of aligned images): erase the top-k of the ranked pixels (k on a
+grid from 0 to 100 %) and watch accuracy fall; start from the fully erased image and restore
+the top-k and watch it come back. A faithful ranking makes erasing fall faster, and
+restoration recover faster, than a random ranking.
+
+Conventions (reasons in docs/global-explanations.md):
+
+* images are uint8 (N, C, H, W); erasing happens in the model's *input space*: ``x = image/255``,
+  erased pixels (all channels) replaced by a ``fill`` in the same [0, 1] units, then the caller's
+  ``normalise`` and the model;
+* a ranking is ``ranks`` (R, P) int, P = H·W, ``ranks[r, p]`` the position of pixel ``p``
+  (raster order) in ranking ``r``, 0 = most important; an image ``i`` uses ranking
+  ``rank_index[i]`` (one global ranking, one per class, or one per image);
+* step ``i`` of ``S`` touches ``counts[i]`` pixels (:func:`step_counts`: round(i·P/(S−1)),
+  symmetric so that ``counts[i] + counts[S−1−i] == P``); erasing step i replaces the pixels
+  with ``rank < counts[i]``, restoration step i shows only those and fills the rest;
+* ties in a ranking map are broken by a seeded random permutation, never by raster order
+  (which would erase the top rows of a flat region first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "METRICS",
+    "MODES",
+    "PerturbationResult",
+    "curve_auc",
+    "gaussian_blur",
+    "inverse_ranks",
+    "mirror_result",
+    "peppr_curves",
+    "perturb",
+    "predict_batched",
+    "random_ranks",
+    "rank_pixels",
+    "reading",
+    "step_counts",
+    "summarise_peppr",
+]
+
+MODES = ("erase", "restore")
+
+
+def step_counts(n_pixels: int, steps: int) -> Tensor:
+    """Pixels touched at each of ``steps`` evenly spaced fractions of ``n_pixels`` (0 to all).
+
+    Returns (S,) int64 with ``counts[0] == 0``, ``counts[-1] == n_pixels`` and
+    ``counts[i] + counts[S-1-i] == n_pixels`` (so erasing by a ranking is restoration by its
+    reverse, read backwards — see :func:`mirror_result`). Fractions are ``counts / n_pixels``.
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2, got {steps}")
+    if n_pixels < 1:
+        raise ValueError(f"n_pixels must be positive, got {n_pixels}")
+    i = torch.arange(steps, dtype=torch.long)
+    d = steps - 1
+    counts = (2 * i * n_pixels + d) // (2 * d)  # round half up, in integers
+    half = steps // 2
+    counts[steps - half:] = n_pixels - counts[:half].flip(0)
+    return counts
+
+
+def rank_pixels(scores: Tensor, descending: bool = True,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Pixel ranks of one or more importance maps.
+
+    Args:
+        scores: (H, W) or (R, H, W) finite importance maps.
+        descending: rank 0 = highest score (True) or lowest.
+        generator: seeds the random order among tied pixels (default: seed 0).
+
+    Returns:
+        (R, H·W) int32: ``ranks[r, p]`` = position of pixel ``p`` (raster order) when the pixels
+        of map ``r`` are sorted by importance. Computed with one sort per map; reuse it for
+        every step.
+    """
+    if scores.dim() == 2:
+        scores = scores.unsqueeze(0)
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be (H, W) or (R, H, W), got {tuple(scores.shape)}")
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores hold NaN or Inf; a ranking needs finite importance values")
+    flat = scores.reshape(len(scores), -1).float()
+    r, p = flat.shape
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    # Shuffle, stable-sort, un-shuffle: tied pixels end up in random, not raster, order.
+    perm = torch.randperm(p, generator=generator).to(flat.device)
+    order = perm[torch.sort(flat[:, perm], dim=1, descending=descending, stable=True).indices]
+    ranks = torch.empty(r, p, dtype=torch.int32, device=flat.device)
+    positions = torch.arange(p, dtype=torch.int32, device=flat.device).expand(r, p)
+    return ranks.scatter_(1, order, positions)
+
+
+def random_ranks(n_pixels: int, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` random rankings of ``n_pixels`` pixels: (n, P) int32."""
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    return torch.stack([torch.randperm(n_pixels, generator=g) for _ in range(n)]).to(torch.int32)
+
+
+def inverse_ranks(ranks: Tensor) -> Tensor:
+    """The exact reverse order (least important first): ``P - 1 - ranks``."""
+    return ranks.shape[-1] - 1 - ranks
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (B, C, H, W) float images, edges replicated.
+
+    The kernel is truncated at ``3·sigma``; ``sigma <= 0`` returns the images unchanged.
+    """
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    b, c, h, w = images.shape
+    x = images.reshape(b * c, 1, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+    return x.reshape(b, c, h, w)
+
+
+def perturb(images: Tensor, fill: Tensor, ranks: Tensor, counts: Tensor, mode: str) -> Tensor:
+    """Erased or restored versions of a batch at several steps.
+
+    Args:
+        images: (B, C, H, W) float in [0, 1] (un-normalised input space).
+        fill: broadcastable to (B, C, H, W), same units: what erased pixels become.
+        ranks: (B, P) the ranking used for each image (P = H·W).
+        counts: (S,) pixels touched per step.
+        mode: ``erase`` (the ``counts[s]`` top-ranked pixels become ``fill``) or ``restore``
+            (only those show the image, the rest is ``fill``).
+
+    Returns:
+        (S, B, C, H, W) float.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    b, _, h, w = images.shape
+    if ranks.shape != (b, h * w):
+        raise ValueError(f"ranks must be (B, H·W) = ({b}, {h * w}), got {tuple(ranks.shape)}")
+    top = ranks.unsqueeze(0) < counts.to(ranks.device).view(-1, 1, 1)  # (S, B, P)
+    replaced = top if mode == "erase" else ~top
+    return torch.where(replaced.view(-1, b, 1, h, w), fill.unsqueeze(0), images.unsqueeze(0))
+
+
+def curve_auc(fractions: Tensor, values: Tensor) -> Tensor:
+    """Normalised area under curves: trapezoid over ``fractions`` divided by their range.
+
+    ``fractions`` (S,) increasing (here from 0 to 1, so the division is by 1); ``values``
+    (..., S). The result is the curve's mean height, in the units of ``values``.
+    """
+    span = (fractions[-1] - fractions[0]).to(values.dtype)
+    return torch.trapezoid(values, fractions.to(values.dtype), dim=-1) / span
+
+
+#: Curve metrics. ``accuracy`` and ``p_true`` score the model against the true labels (the
+#: paper's view); ``agreement`` (prediction unchanged from the clean image) and ``p_pred``
+#: (probability of the clean prediction) score it against itself, which is what faithfulness
+#: to the *model* means when its clean accuracy is low (e.g. a shortcut model on data where
+#: the shortcut no longer holds).
+METRICS = ("accuracy", "p_true", "agreement", "p_pred")
+
+
+@dataclass
+class PerturbationResult:
+    """Per-step, per-image outcome of one ranking and mode.
+
+    ``probs`` (S, N, K) softmax of the perturbed images' logits; ``labels`` (N,) true classes;
+    ``reference`` (N,) the clean images' predictions.
+    """
+
+    probs: Tensor
+    labels: Tensor
+    reference: Tensor
+
+    def per_image(self, metric: str) -> Tensor:
+        """(S, N) float values of one of :data:`METRICS`."""
+        if metric in ("accuracy", "agreement"):
+            target = self.labels if metric == "accuracy" else self.reference
+            return (self.probs.argmax(-1) == target).float()
+        if metric in ("p_true", "p_pred"):
+            target = self.labels if metric == "p_true" else self.reference
+            idx = target.view(1, -1, 1).expand(self.probs.shape[0], -1, 1)
+            return self.probs.gather(-1, idx).squeeze(-1)
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+
+    def curve(self, metric: str) -> Tensor:
+        """(S,) mean of ``metric`` over images at each step."""
+        return self.per_image(metric).mean(dim=1)
+
+    @property
+    def accuracy(self) -> Tensor:
+        """(S,) accuracy per step."""
+        return self.curve("accuracy")
+
+    @property
+    def mean_p_true(self) -> Tensor:
+        """(S,) mean probability of the true class per step."""
+        return self.curve("p_true")
+
+
+def mirror_result(result: PerturbationResult) -> PerturbationResult:
+    """Curves of the reversed ranking from the curves of a ranking, for free.
+
+    With :func:`step_counts`' symmetric grid and :func:`inverse_ranks`, erasing the top
+    ``counts[i]`` of the reversed ranking leaves exactly the pixels that restoring the top
+    ``counts[S-1-i]`` of the ranking shows: ``erase_inverse[i] = restore[S-1-i]`` and
+    ``restore_inverse[i] = erase[S-1-i]``. Pass the restoration result to get the inverse
+    erasing curve, and vice versa.
+    """
+    return PerturbationResult(probs=result.probs.flip(0), labels=result.labels,
+                              reference=result.reference)
+
+
+Predict = Callable[[Tensor], Tensor]
+
+
+@torch.no_grad()
+def predict_batched(predict: Predict, images: Tensor, normalise: Callable[[Tensor], Tensor],
+                    batch_size: int = 256) -> Tensor:
+    """Logits (N, K) of uint8 images (N, C, H, W), ``batch_size`` at a time."""
+    out = [predict(normalise(images[i:i + batch_size].float() / 255)).float()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def peppr_curves(
+    predict: Predict,
+    images: Tensor,
+    labels: Tensor,
+    rankings: Mapping[str, tuple[Tensor, Tensor | None]],
+    counts: Tensor,
+    fill: Tensor,
+    normalise: Callable[[Tensor], Tensor],
+    batch_size: int = 256,
+    modes: tuple[str, ...] = MODES,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, dict[str, PerturbationResult]]:
+    """Evaluate erasing and restoration curves of several rankings, batched.
+
+    Args:
+        predict: normalised input (B, C, H, W) -> logits (B, K); called under ``no_grad``.
+        images: (N, C, H, W) uint8 on the evaluation device.
+        labels: (N,) true classes.
+        rankings: name -> ``(ranks (R, P), rank_index (N,) or None)``; ``None`` means image
+            ``i`` uses ``ranks[0]`` when R = 1 and ``ranks[i]`` when R = N.
+        counts: (S,) from :func:`step_counts` (first 0, last P).
+        fill: broadcastable to (N, C, H, W) float in [0, 1] (a first dim of N is per image).
+        normalise: [0, 1] float images -> model input.
+        batch_size: images per forward pass; when it exceeds N, several steps share a pass.
+        modes: which of ``erase`` / ``restore`` to run.
+        progress: called as ``progress(ranking_name, n_images_done)`` after each pass.
+
+    Returns:
+        ``{name: {mode: PerturbationResult}}`` (tensors on the CPU). The two ends of every
+        curve are shared (k = 0 erasing and k = 100 % restoration are the clean image, the
+        opposite ends the fully filled one), so they are evaluated once for all rankings.
+    """
+    n, c, h, w = images.shape
+    p = h * w
+    if labels.shape != (n,):
+        raise ValueError(f"labels must be ({n},), got {tuple(labels.shape)}")
+    if counts[0] != 0 or counts[-1] != p:
+        raise ValueError("counts must run from 0 to H·W (use step_counts)")
+    fill = fill.to(images.device, torch.float32)
+    per_image_fill = fill.dim() == 4 and fill.shape[0] == n and n > 1
+    chunk = max(1, min(n, batch_size))
+    steps_per_pass = max(1, batch_size // chunk)
+
+    def fill_of(sl: slice) -> Tensor:
+        return fill[sl] if per_image_fill else fill
+
+    @torch.no_grad()
+    def probs_of(x: Tensor) -> Tensor:
+        return predict(normalise(x)).float().softmax(-1).cpu()
+
+    # Shared ends: the clean images and the fully filled ones.
+    clean, full = [], []
+    for start in range(0, n, chunk):
+        sl = slice(start, min(start + chunk, n))
+        x = images[sl].float() / 255
+        clean.append(probs_of(x))
+        full.append(probs_of(fill_of(sl).expand_as(x)))
+    p_clean, p_full = torch.cat(clean), torch.cat(full)
+    k = p_clean.shape[-1]
+    labels = labels.cpu()
+    reference = p_clean.argmax(-1)
+
+    inner = counts[1:-1]
+    results: dict[str, dict[str, PerturbationResult]] = {}
+    for name, (ranks, rank_index) in rankings.items():
+        if ranks.dim() != 2 or ranks.shape[1] != p:
+            raise ValueError(f"ranking '{name}': ranks must be (R, {p}), got {tuple(ranks.shape)}")
+        if rank_index is None:
+            if len(ranks) not in (1, n):
+                raise ValueError(f"ranking '{name}': {len(ranks)} rankings for {n} images need "
+                                 "a rank_index")
+            rank_index = (torch.zeros(n, dtype=torch.long) if len(ranks) == 1
+                          else torch.arange(n))
+        rank_index = rank_index.to(ranks.device).long()
+        results[name] = {}
+        for mode in modes:
+            probs = torch.empty(len(counts), n, k)
+            probs[0], probs[-1] = (p_clean, p_full) if mode == "erase" else (p_full, p_clean)
+            for start in range(0, n, chunk):
+                sl = slice(start, min(start + chunk, n))
+                x = images[sl].float() / 255
+                r = ranks[rank_index[sl]].to(images.device)
+                for s0 in range(0, len(inner), steps_per_pass):
+                    cs = inner[s0:s0 + steps_per_pass]
+                    xs = perturb(x, fill_of(sl), r, cs, mode)  # (s, b, C, H, W)
+                    out = probs_of(xs.reshape(-1, c, h, w))
+                    probs[1 + s0:1 + s0 + len(cs), sl] = out.view(len(cs), -1, k)
+                    if progress is not None:
+                        progress(name, len(cs) * (sl.stop - sl.start))
+            results[name][mode] = PerturbationResult(probs=probs, labels=labels,
+                                                     reference=reference)
+    return results
+
+
+def summarise_peppr(
+    fractions: Tensor,
+    results: Mapping[str, Mapping[str, PerturbationResult]],
+    random_names: list[str] | tuple[str, ...] = (),
+    metric: str = "accuracy",
+    min_gap: float = 0.01,
+    spread_factor: float = 2.0,
+) -> dict[str, object]:
+    """Areas under the curves, gaps to the random control and a verdict per ranking.
+
+    Args:
+        fractions: (S,) erased/restored fraction of pixels per step, 0 to 1.
+        results: ``{name: {"erase": ..., "restore": ...}}`` from :func:`peppr_curves` (plus
+            mirrored controls).
+        random_names: the names in ``results`` that are random-order seeds.
+        metric: the one of :data:`METRICS` that the verdict is based on.
+        min_gap, spread_factor: a gap counts when it exceeds
+            ``max(min_gap, spread_factor · std of the random seeds' AUCs)``.
+
+    Returns:
+        A JSON-ready dict: ``auc[name][mode][metric]`` (mean height of the curve, in the
+        metric's units; lower is better for erasing, higher for restoration),
+        ``auc[name]["peppr"][metric]`` = restore − erase (0 for a random order in expectation:
+        erasing a random k % and restoring a random 1 − k % leave the same kind of image),
+        ``random[mode][metric]`` = {mean, std, n}, ``gap_to_random[name][mode][metric]``
+        (positive = better than random: ``random − erase`` and ``restore − random``),
+        ``verdict[name]`` (``faithful``: both gaps beyond the tolerance; ``anti-faithful``:
+        both beyond it the wrong way; ``partly faithful (erasing|restoration)``; ``≈ random``),
+        ``tolerance[mode]`` and ``metric``.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    modes = [m for m in MODES if all(m in r for r in results.values())]
+    auc: dict[str, dict[str, dict[str, float]]] = {}
+    for name, res in results.items():
+        auc[name] = {m: {k: float(curve_auc(fractions, res[m].curve(k))) for k in METRICS}
+                     for m in modes}
+        if len(modes) == 2:
+            auc[name]["peppr"] = {k: auc[name]["restore"][k] - auc[name]["erase"][k]
+                                  for k in METRICS}
+    out: dict[str, object] = {"auc": auc, "metric": metric}
+    rnd = [n for n in random_names if n in auc]
+    if not rnd:
+        out["verdict"] = {n: "no random control (0 seeds)" for n in auc}
+        return out
+    random: dict[str, dict[str, dict[str, float]]] = {}
+    for m in modes:
+        random[m] = {}
+        for k in METRICS:
+            v = torch.tensor([auc[n][m][k] for n in rnd], dtype=torch.float64)
+            std = float(v.std(correction=1)) if len(v) > 1 else 0.0
+            random[m][k] = {"mean": float(v.mean()), "std": std, "n": len(v)}
+    tol = {m: max(min_gap, spread_factor * random[m][metric]["std"]) for m in modes}
+    gaps: dict[str, dict[str, dict[str, float]]] = {}
+    verdict: dict[str, str] = {}
+    for name in auc:
+        if name in rnd:
+            continue
+        gaps[name] = {m: {k: (random[m][k]["mean"] - auc[name][m][k]) if m == "erase"
+                          else (auc[name][m][k] - random[m][k]["mean"]) for k in METRICS}
+                      for m in modes}
+        better = {m: gaps[name][m][metric] > tol[m] for m in modes}
+        worse = {m: gaps[name][m][metric] < -tol[m] for m in modes}
+        if all(better.values()):
+            verdict[name] = "faithful"
+        elif all(worse.values()):
+            verdict[name] = "anti-faithful"
+        elif any(better.values()):
+            which = "erasing" if better.get("erase") else "restoration"
+            verdict[name] = f"partly faithful ({which})"
+        else:
+            verdict[name] = "≈ random"
+    out.update(random=random, gap_to_random=gaps, verdict=verdict, tolerance=tol)
+    return out
+
+
+_METRIC_WORDS = {"accuracy": "accuracy", "p_true": "the probability of the true class",
+                 "agreement": "agreement with the clean prediction",
+                 "p_pred": "the probability of the clean prediction"}
+
+
+def reading(name: str, summary: Mapping[str, object], what: str | None = None) -> str:
+    """One line saying what a ranking's PEPPR numbers mean (in points of the verdict metric)."""
+    what = what or f"the '{name}' ranking"
+    metric = str(summary.get("metric", "accuracy"))
+    words = _METRIC_WORDS[metric]
+    verdict = summary["verdict"][name]  # type: ignore[index]
+    gaps = summary.get("gap_to_random", {}).get(name)  # type: ignore[union-attr]
+    if gaps is None:
+        auc = summary["auc"][name]  # type: ignore[index]
+        return (f"{what}: {metric} AUC erasing {auc['erase'][metric]:.3f}, restoration "
+                f"{auc['restore'][metric]:.3f} (no random control to compare with)")
+    rnd = summary["random"]  # type: ignore[index]
+    e, r = gaps["erase"][metric] * 100, gaps["restore"][metric] * 100
+    spread = max(rnd["erase"][metric]["std"], rnd["restore"][metric]["std"]) * 100
+    erase_words = "lower" if e >= 0 else "higher"
+    restore_words = "higher" if r >= 0 else "lower"
+    return (f"erasing the pixels {what} ranks highest first leaves {words} {abs(e):.1f} points "
+            f"{erase_words} than random order (mean over k), restoring them first "
+            f"{abs(r):.1f} points {restore_words} (random seeds' spread ±{spread:.1f}): "
+            f"{verdict}")
