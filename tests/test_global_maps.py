@@ -127,7 +127,7 @@ def test_std_does_not_cancel_on_sum_normalised_maps() -> None:
 
 
 def test_single_image_group_has_zero_std() -> None:
-    mean, std, counts = grouped_mean_std(torch.rand(1, 3, 3), torch.zeros(1, dtype=torch.long), 1)
+    _, std, counts = grouped_mean_std(torch.rand(1, 3, 3), torch.zeros(1, dtype=torch.long), 1)
     assert int(counts[0]) == 1 and (std == 0).all()
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "curve_auc",
     "gaussian_blur",
     "inverse_ranks",
+    "is_symmetric",
     "mirror_result",
     "peppr_curves",
     "perturb",
@@ -57,7 +58,9 @@ def step_counts(n_pixels: int, steps: int) -> Tensor:
 
     Returns (S,) int64 with ``counts[0] == 0``, ``counts[-1] == n_pixels`` and
     ``counts[i] + counts[S-1-i] == n_pixels`` (so erasing by a ranking is restoration by its
-    reverse, read backwards — see :func:`mirror_result`). Fractions are ``counts / n_pixels``.
+    reverse, read backwards — see :func:`mirror_result`), except at the middle step when both
+    ``steps`` and ``n_pixels`` are odd (half a pixel cannot be erased; see
+    :func:`is_symmetric`). Fractions are ``counts / n_pixels``.
     """
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
@@ -69,6 +72,11 @@ def step_counts(n_pixels: int, steps: int) -> Tensor:
     half = steps // 2
     counts[steps - half:] = n_pixels - counts[:half].flip(0)
     return counts
+
+
+def is_symmetric(counts: Tensor) -> bool:
+    """Whether ``counts[i] + counts[S-1-i] == counts[-1]`` for every step (mirroring is exact)."""
+    return bool((counts + counts.flip(0) == counts[-1]).all())
 
 
 def rank_pixels(scores: Tensor, descending: bool = True,
@@ -219,7 +227,7 @@ def mirror_result(result: PerturbationResult) -> PerturbationResult:
     ``counts[i]`` of the reversed ranking leaves exactly the pixels that restoring the top
     ``counts[S-1-i]`` of the ranking shows: ``erase_inverse[i] = restore[S-1-i]`` and
     ``restore_inverse[i] = erase[S-1-i]``. Pass the restoration result to get the inverse
-    erasing curve, and vice versa.
+    erasing curve, and vice versa. Exact only when :func:`is_symmetric` holds for the grid.
     """
     return PerturbationResult(probs=result.probs.flip(0), labels=result.labels,
                               reference=result.reference)

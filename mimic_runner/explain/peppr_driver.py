@@ -39,6 +39,8 @@ from mimic_runner.explain.peppr import (
     MODES,
     PerturbationResult,
     gaussian_blur,
+    inverse_ranks,
+    is_symmetric,
     mirror_result,
     peppr_curves,
     predict_batched,
@@ -464,6 +466,12 @@ def run_peppr(opts: PepprOptions) -> dict[str, Any]:
     counts = step_counts(p, opts.steps)
     fractions = counts.double() / p
 
+    # Least important first: the main ranking reversed. On a symmetric grid its curves are the
+    # main ones mirrored (no evaluation); otherwise (odd steps and odd pixel count) evaluate it.
+    mirrored = is_symmetric(counts)
+    if not mirrored:
+        ranks, index = rankings[main]
+        rankings["inverse"] = (inverse_ranks(ranks), index)
     t1 = time.perf_counter()
     per_pass = len(loc.maps) * (opts.steps - 2)
     with _progress() as progress:
@@ -475,9 +483,9 @@ def run_peppr(opts: PepprOptions) -> dict[str, Any]:
         results = peppr_curves(predict, images, labels, rankings, counts, fill, normalise,
                                batch_size=opts.batch_size, progress=advance)
     t_eval = time.perf_counter() - t1
-    # Least important first: the main ranking reversed; its curves are the main's mirrored.
-    results["inverse"] = {"erase": mirror_result(results[main]["restore"]),
-                          "restore": mirror_result(results[main]["erase"])}
+    if mirrored:
+        results["inverse"] = {"erase": mirror_result(results[main]["restore"]),
+                              "restore": mirror_result(results[main]["erase"])}
     summary = summarise_peppr(fractions, results, random_names, metric=opts.metric)
     lines = {main: reading(main, summary, what)}
     if "local" in results and main != "local":
