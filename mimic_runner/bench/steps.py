@@ -1,0 +1,150 @@
+"""One training step of the real LightningModules, as a callable to time.
+
+A step is what Lightning's automatic optimisation does per batch: ``training_step`` (forward,
+loss — including the differentiable Grad-CAM consistency term of ``expl_ensemble`` — and the
+module's train-accuracy update), ``zero_grad``, ``backward``, ``optimizer.step``. Modules are built
+from the shipped Hydra configs with the same builder as ``mimic-run``; batches are random tensors
+with the default data's shapes (so the step time does not include data loading, measured
+separately).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+MODELS = ("baseline", "improved_unet", "normal_ensemble", "expl_ensemble")
+ENSEMBLES = ("normal_ensemble", "expl_ensemble")
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a module needs to know about the data: the default ``synth_cxr`` by default."""
+
+    in_channels: int = 1
+    num_classes: int = 3
+    maps: tuple[str, ...] = ("gaze", "fixations", "confounder")
+
+
+def compose_config(overrides: Sequence[str]) -> Any:
+    """The run config ``mimic-run`` would see with ``overrides`` (the shipped ``conf/``)."""
+    from hydra import compose, initialize_config_dir
+
+    from mimic_runner.cli.run import register
+    from mimic_runner.paths import conf_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def model_overrides(model: str, backbone: str, ensemble_size: int | None = None,
+                    impl: str | None = None) -> list[str]:
+    """Hydra overrides selecting a model, backbone and (for ensembles) N and the strategy."""
+    ov = [f"model={model}", f"backbone={backbone}"]
+    if model in ENSEMBLES:
+        if ensemble_size is not None:
+            ov.append(f"model.ensemble_size={ensemble_size}")
+        if impl is not None:
+            ov.append(f"model.ensemble_impl={impl}")
+    return ov
+
+
+def build_module(overrides: Sequence[str], shape: DataShape = DataShape()) -> Any:
+    """The LightningModule of ``mimic-run <overrides>`` (via ``training.builders``)."""
+    from mimic_runner.training.builders import build_module as _build
+
+    cfg = compose_config(overrides)
+    dm = SimpleNamespace(in_channels=shape.in_channels, num_classes=shape.num_classes,
+                         maps=shape.maps)
+    return _build(cfg, dm)  # type: ignore[arg-type]
+
+
+def random_batch(batch_size: int, size: int, shape: DataShape = DataShape(),
+                 device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Tensor]:
+    """A batch as the DataModule delivers it after transfer: normalised ``image`` (B, C, S, S),
+    ``label`` (B,), ``index`` (B,), ``gaze`` (B, S, S) float, bool ``fixations``/``confounder``."""
+    g = torch.Generator().manual_seed(seed)
+    b, s = batch_size, size
+    batch = {
+        "image": torch.randn(b, shape.in_channels, s, s, generator=g),
+        "label": torch.randint(0, shape.num_classes, (b,), generator=g),
+        "index": torch.arange(b),
+    }
+    if "gaze" in shape.maps:
+        batch["gaze"] = torch.rand(b, s, s, generator=g)
+    for key in ("fixations", "confounder"):
+        if key in shape.maps:
+            batch[key] = torch.rand(b, s, s, generator=g) > 0.9
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """Lightning's ``bf16-mixed`` (autocast of the forward/loss only) or nothing (``32-true``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision '{precision}': use one of {', '.join(PRECISIONS)}")
+    if precision == "bf16-mixed":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def quiet_logging() -> Iterator[None]:
+    """``self.log`` without a Trainer warns and returns; the benchmark calls it on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        warnings.filterwarnings("ignore", message=".*self.trainer.*")
+        yield
+
+
+@dataclass
+class TrainStep:
+    """A LightningModule, its optimizer and a batch: ``step()`` runs one training step."""
+
+    module: Any
+    batch: dict[str, Tensor]
+    device: torch.device
+    precision: str = "32-true"
+    channels_last: bool = False
+    optimizer: torch.optim.Optimizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.module.to(self.device).train()
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+            self.batch = dict(self.batch)
+            self.batch["image"] = self.batch["image"].contiguous(
+                memory_format=torch.channels_last)
+        opt = self.module.configure_optimizers()
+        self.optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
+
+    def step(self) -> Tensor:
+        with quiet_logging(), autocast(self.device, self.precision):
+            loss = self.module.training_step(self.batch, 0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def __call__(self) -> None:
+        self.step()
+
+
+def make_step(model: str, backbone: str, device: torch.device | str = "cpu",
+              ensemble_size: int | None = None, impl: str | None = None,
+              batch_size: int = 32, size: int = 128, precision: str = "32-true",
+              channels_last: bool = False, shape: DataShape = DataShape(),
+              seed: int = 0) -> TrainStep:
+    """Build the module for ``model``/``backbone`` (seeded) and a matching batch on ``device``."""
+    torch.manual_seed(seed)
+    module = build_module(model_overrides(model, backbone, ensemble_size, impl), shape)
+    batch = random_batch(batch_size, size, shape, device, seed)
+    return TrainStep(module, batch, torch.device(device), precision, channels_last)
