@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     meta = environment([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     result = {"meta": meta, **suite.run(opt)}
-    render(result, Console())
+    # Wide enough for the tables when piped to a file (rich defaults to 80 columns).
+    render(result, Console(width=None if sys.stdout.isatty() else 160))
     if args.out:
         write_json(args.out, result)
         console.print(f"wrote {args.out}")
