@@ -71,6 +71,8 @@ def feedback_summary(session: FeedbackSession, modules: dict[str, AttentionBranc
             rows = out[name]
             rows.setdefault("include_share", []).append(mass_share(maps, inc))
             rows.setdefault("exclude_share", []).append(mass_share(maps, exc))
+            rows.setdefault("include_attention", []).append(mean_inside(maps, inc))
+            rows.setdefault("exclude_attention", []).append(mean_inside(maps, exc))
             if "confounder" in batch:
                 rows.setdefault("confounder_share", []).append(
                     mass_share(maps, batch["confounder"]))
@@ -95,9 +97,12 @@ def heldout_summary(session: FeedbackSession, modules: dict[str, AttentionBranch
             rows = out[name]
             rows.setdefault("pred", []).append(probs.argmax(-1))
             rows.setdefault("label", []).append(batch["label"])
+            rows.setdefault("attention_mean", []).append(maps.flatten(1).mean(-1))
             if "confounder" in batch:
                 rows.setdefault("confounder_share", []).append(
                     mass_share(maps, batch["confounder"]))
+                rows.setdefault("confounder_attention", []).append(
+                    mean_inside(maps, batch["confounder"]))
         if len(maps_seen) >= 2:
             out["_pair"].setdefault("abs_change", []).append(
                 (maps_seen[1] - maps_seen[0]).abs().flatten(1).mean(-1))
@@ -114,6 +119,7 @@ def evaluate_version(session: FeedbackSession, module: AttentionBranchModule,
                                                      .mean())}
     if "confounder_share" in held:
         metrics[f"{split}/confounder_share"] = nanmean(held["confounder_share"])
+        metrics[f"{split}/confounder_attention"] = nanmean(held["confounder_attention"])
     ids = sorted(session.rois_by_image())
     if ids:
         fb = feedback_summary(session, {"m": module}, ids)["m"]
@@ -132,7 +138,8 @@ def compare_versions(session: FeedbackSession, before: int, after: int,
     if ids:
         fb = feedback_summary(session, modules, ids)
         b, a = fb["before"], fb["after"]
-        for key in ("include_share", "exclude_share", "confounder_share"):
+        for key in ("include_share", "exclude_share", "confounder_share", "include_attention",
+                    "exclude_attention"):
             if key in b:
                 fb_block[key] = _ba(nanmean(b[key]), nanmean(a[key]))
         fb_block["accuracy"] = _ba(float((b["pred"] == b["label"]).float().mean()),
@@ -169,9 +176,18 @@ def compare_versions(session: FeedbackSession, before: int, after: int,
     if "confounder_share" in b:
         hb["confounder_share"] = _ba(nanmean(b["confounder_share"]),
                                      nanmean(a["confounder_share"]))
+        hb["confounder_attention"] = _ba(nanmean(b["confounder_attention"]),
+                                         nanmean(a["confounder_attention"]))
+    hb["attention_mean"] = _ba(nanmean(b["attention_mean"]), nanmean(a["attention_mean"]))
     result["heldout"] = hb
     result["class_names"] = session.class_names
     return result
+
+
+def mean_inside(maps: Tensor, mask: Tensor) -> Tensor:
+    """Mean map value over a mask's pixels, per image: (B, H, W) x2 -> (B,), NaN if empty."""
+    m = (mask != 0).to(maps.dtype).flatten(1)
+    return (maps.flatten(1) * m).sum(-1) / m.sum(-1)
 
 
 def _finite(x: Tensor) -> float | None:

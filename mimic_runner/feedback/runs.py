@@ -1,0 +1,74 @@
+"""Run folders to give feedback on: a real `mimic-run`, or an untrained one for tests and demos."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from mimic_runner.errors import UserError
+
+
+def train_run(root: str | Path, overrides: list[str], timeout: float = 1800) -> Path:
+    """Train with ``mimic-run`` (a subprocess, as a user would) in ``root``; return the run dir.
+
+    A finished run (its ``metrics.json`` exists) is reused, not retrained.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    found = _finished_runs(root)
+    if len(found) == 1:
+        return found[0]
+    cmd = [sys.executable, "-m", "mimic_runner.cli.run", *overrides, "skip_completed=true",
+           "callbacks.progress_bar=null"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    found = _finished_runs(root)
+    if proc.returncode != 0 or len(found) != 1:
+        raise RuntimeError(f"mimic-run {' '.join(overrides)} failed (exit {proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return found[0]
+
+
+def _finished_runs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in (root / "runs").glob("*/metrics.json"))
+
+
+def untrained_run(run_dir: str | Path, overrides: list[str], seed: int = 0) -> Path:
+    """A run folder holding the composed config and a freshly initialised model's checkpoint.
+
+    What :func:`~mimic_runner.training.run_io.load_run` needs (``.hydra/config.yaml``,
+    ``checkpoints/last.ckpt``) without training: fast fixtures for the feedback API and tests.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mimic_runner.cli.run import register
+    from mimic_runner.paths import conf_dir
+    from mimic_runner.training.builders import build_datamodule, build_module
+
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        return run_dir
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+            cfg = compose("config", overrides=[*overrides, f"seed={seed}"])
+    finally:
+        GlobalHydra.instance().clear()
+    if cfg.model.name != "attention_branch":
+        raise UserError("untrained_run is for model=attention_branch")
+    torch.manual_seed(seed)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    module = build_module(cfg, dm)
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    torch.save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
+    return run_dir
