@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -25,7 +25,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import Tensor
 
-from mimic_runner.data.datamodule import HDF5DataModule
 from mimic_runner.data.schema import SPLITS
 from mimic_runner.errors import UserError
 from mimic_runner.explain.global_maps import (
@@ -51,6 +50,9 @@ from mimic_runner.explain.peppr import (
     summarise_peppr,
 )
 from mimic_runner.io import atomic_path, write_json
+
+if TYPE_CHECKING:  # Lightning is imported only when a run is opened: bad options fail fast
+    from mimic_runner.data.datamodule import HDF5DataModule
 
 FILLS = ("mean", "mean_image", "zero", "blur")
 RANKINGS = ("global", "class", "local")
@@ -168,6 +170,7 @@ def open_run(run_dir: Path, need_model: bool, checkpoint: str, device: torch.dev
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    load_run_config(run_dir)  # "not a run directory" before "no checkpoint"
     if need_model:
         run_checkpoint(run_dir, checkpoint)  # fail fast, before reading the data
         loaded = load_run(run_dir, checkpoint=checkpoint, device=device)
@@ -294,8 +297,26 @@ def split_mean_image(dm: HDF5DataModule, split: str, rows: Tensor) -> Tensor:
     return dm.splits[split].tensors["image"][rows].float().mean(0) / 255
 
 
-def write_global_h5(path: Path, g: GlobalMaps, mean_image: Tensor, attrs: dict[str, Any]) -> None:
+def split_reference_maps(dm: HDF5DataModule, split: str, rows: Tensor) -> dict[str, Tensor]:
+    """What the dataset itself says about the split, to read the global maps against:
+    ``confounder_frequency`` (share of images with the shortcut artefact at each pixel) and
+    ``gaze_mean`` (mean of the sum-normalised human gaze maps), when the file has them."""
+    t = dm.splits[split].tensors
+    out = {}
+    if "confounder" in t:
+        out["confounder_frequency"] = t["confounder"][rows].float().mean(0)
+    if "gaze" in t:
+        gaze = t["gaze"][rows].float()
+        total = gaze.sum(dim=(-2, -1), keepdim=True)
+        out["gaze_mean"] = torch.where(total > 0, gaze / total.clamp_min(1e-12), 0.0).mean(0)
+    return out
+
+
+def write_global_h5(path: Path, g: GlobalMaps, mean_image: Tensor, attrs: dict[str, Any],
+                    reference: dict[str, Tensor] | None = None) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in (reference or {}).items():
+            f.create_dataset(key, data=value.cpu().numpy().astype(np.float32))
         f.create_dataset("overall", data=g.overall.cpu().numpy().astype(np.float32))
         f.create_dataset("overall_std", data=g.overall_std.cpu().numpy().astype(np.float32))
         f.create_dataset("per_class", data=g.per_class.cpu().numpy().astype(np.float32))
@@ -335,9 +356,11 @@ def run_global(opts: ExplainOptions) -> dict[str, Any]:
              "checkpoint": str(run.checkpoint or ""),
              "aligned": bool(run.datamodule.info.attrs.get("aligned", True)),
              "notes": "\n".join(notes)}
-    write_global_h5(h5_path, g, mean_image, attrs)
+    reference = split_reference_maps(run.datamodule, opts.split, loc.indices)
+    write_global_h5(h5_path, g, mean_image, attrs, reference)
     plot_global_maps(fig_path, g, mean_image, title=f"{run.model_name} · {opts.split} · "
-                     f"maps of the {loc.explain_target} class, grouped by {opts.group_by}")
+                     f"maps of the {loc.explain_target} class, grouped by {opts.group_by}",
+                     confounder=reference.get("confounder_frequency"))
     summary = {"global_explanations": str(h5_path), "figure": str(fig_path),
                "n_images": g.n_images, "counts": dict(zip(g.class_names, g.counts.tolist())),
                "maps_source": loc.source, "seconds": round(time.perf_counter() - t0, 2),
@@ -592,10 +615,13 @@ def _save(fig: Any, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def plot_global_maps(path: Path, g: GlobalMaps, mean_image: Tensor, title: str = "") -> None:
+def plot_global_maps(path: Path, g: GlobalMaps, mean_image: Tensor, title: str = "",
+                     confounder: Tensor | None = None) -> None:
     """Overall and per-class global maps over the mean image (top row) and their pixel-wise
-    standard deviation (bottom row). Sum-normalised maps are shown relative to a uniform map
-    (1 = average importance), on one colour scale per row."""
+    standard deviation (bottom row), one colour scale per row. Sum-normalised maps are shown
+    relative to a uniform map (1 = average importance). The overlay's opacity grows with the
+    value, so the anatomy stays visible where the map is low; ``confounder`` (share of images
+    with the shortcut artefact per pixel) is outlined in cyan."""
     plt = _pyplot()
     h, w = g.overall.shape
     scale = float(h * w) if g.normalize == "sum" else 1.0
@@ -607,7 +633,11 @@ def plot_global_maps(path: Path, g: GlobalMaps, mean_image: Tensor, title: str =
     vmax = max(float(m.max()) for m in finite) * scale
     smax = max(float(s.max()) for s, m in zip(stds, maps) if not torch.isnan(m).any()) * scale
     grey = mean_image.mean(0).cpu().numpy()
-    fig, axes = plt.subplots(2, len(maps), figsize=(3.1 * len(maps), 6.4), squeeze=False)
+    outline = None
+    if confounder is not None and float(confounder.max()) > 0:
+        outline = confounder.cpu().numpy()
+    fig, axes = plt.subplots(2, len(maps), figsize=(3.1 * len(maps), 6.2), squeeze=False,
+                             layout="constrained")
     unit = "× uniform" if g.normalize == "sum" else g.normalize
     for i, (row, top) in enumerate(((maps, vmax), (stds, smax))):
         im = None
@@ -620,12 +650,18 @@ def plot_global_maps(path: Path, g: GlobalMaps, mean_image: Tensor, title: str =
                 ax.text(0.5, 0.5, "no images", ha="center", va="center", color="w",
                         transform=ax.transAxes)
             else:
-                im = ax.imshow(arr.cpu().numpy() * scale, cmap="inferno", alpha=0.6, vmin=0,
-                               vmax=top)
+                v = arr.cpu().numpy() * scale
+                alpha = np.clip(v / max(top, 1e-12), 0, 1) ** 0.7 * 0.85 + 0.05
+                im = ax.imshow(v, cmap="inferno", alpha=alpha, vmin=0, vmax=top)
+                if outline is not None and i == 0:
+                    ax.contour(outline, levels=[0.5 * float(outline.max())], colors="cyan",
+                               linewidths=0.7, linestyles="--")
             ax.set_title(names[j] if i == 0 else "pixel-wise std", fontsize=9)
         if im is not None:
             fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.8,
                          label=unit if i == 0 else f"std ({unit})")
+    if outline is not None:
+        title += "\ncyan dashes: where the dataset's shortcut artefact lies (confounder)"
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
