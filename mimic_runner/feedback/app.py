@@ -246,8 +246,10 @@ def create_app(session: FeedbackSession, token: str | None = None,
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
             lines.append(f"{where}: {msg}" if where else msg)
-        return JSONResponse({"detail": "; ".join(lines) or "invalid request",
-                             "errors": json.loads(json.dumps(errors, default=str))},
+        # Only where and what: echoing the input back could be large (or NaN, not JSON).
+        brief = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                  "type": str(e.get("type", ""))} for e in errors]
+        return JSONResponse({"detail": "; ".join(lines) or "invalid request", "errors": brief},
                             status_code=422)
 
     # -- page and offline docs -------------------------------------------------------------

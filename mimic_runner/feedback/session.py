@@ -27,6 +27,7 @@ from mimic_runner.feedback.store import (
     roi_from_row,
 )
 from mimic_runner.training.attention import AttentionBranchModule
+from mimic_runner.training.run_io import LoadedRun
 
 #: Splits whose images may carry feedback: retraining learns from them, so held-out images
 #: (val, test) stay untouched and the differences measured on them stay honest.
@@ -62,11 +63,12 @@ class FeedbackSession:
     """
 
     def __init__(self, run_dir: str | Path, workspace: str | Path | None = None,
-                 author: str = "") -> None:
+                 author: str = "", loaded: LoadedRun | None = None) -> None:
         from mimic_runner.training.run_io import load_run
 
         self.run_dir = Path(run_dir)
-        loaded = load_run(self.run_dir)
+        # ``loaded``: an already loaded run (several workspaces on one run, e.g. in tests).
+        loaded = loaded if loaded is not None else load_run(self.run_dir)
         if not isinstance(loaded.module, AttentionBranchModule):
             raise UserError(f"{self.run_dir}: feedback on attention needs a run of "
                             f"model=attention_branch; this run is model={loaded.cfg.model.name}")
@@ -256,6 +258,9 @@ class FeedbackSession:
 
     def rollback(self, author: str | None = None) -> dict[str, Any]:
         result = self.store.rollback(author=self.author if author is None else author)
-        # The restored version must still be the very file it was (byte-identical weights).
+        # Serve the restored version from its file, checked against the sha256 recorded when
+        # it was added: byte-identical weights, not an in-memory copy.
         self.store.verified_checkpoint(result["current"])
+        with self._lock:
+            self._models.pop(int(result["current"]["id"]), None)
         return result

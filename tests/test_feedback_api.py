@@ -1,0 +1,351 @@
+"""The feedback web API: every bad input is a 4xx with a clear message and changes nothing."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from mimic_runner.feedback.app import STATIC, create_app
+from mimic_runner.feedback.runs import untrained_run
+from mimic_runner.feedback.session import FeedbackSession
+from mimic_runner.feedback.store import sha256_file
+from mimic_runner.training.run_io import LoadedRun, load_run
+
+TOKEN = "s3cret-token"
+OVERRIDES = ["model=attention_branch", "data.synth.params.n=240", "data.image_size=64"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # An untrained model is enough to exercise the API (training is tested elsewhere).
+    return untrained_run(tmp_path_factory.mktemp("api-run"), OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir: Path) -> LoadedRun:
+    return load_run(run_dir)
+
+
+@pytest.fixture
+def session(run_dir: Path, loaded: LoadedRun, tmp_path: Path) -> FeedbackSession:
+    # A fresh workspace (store, versions) per test, on the same loaded data and model.
+    return FeedbackSession(run_dir, workspace=tmp_path / "ws", loaded=loaded)
+
+
+@pytest.fixture
+def client(session: FeedbackSession) -> TestClient:
+    return TestClient(create_app(session))
+
+
+def _train_id(session: FeedbackSession, k: int = 0) -> str:
+    return str(session.dm.ids["train"][k])
+
+
+def _rect(image_id: str, kind: str = "exclude", pts=((0.1, 0.1), (0.4, 0.3))) -> dict:
+    return {"image_id": image_id, "shape": "rect", "kind": kind, "points": [list(p) for p in pts]}
+
+
+def _snapshot(session: FeedbackSession) -> tuple:
+    """Everything a bad request must leave untouched."""
+    return (session.store.rois(), session.store.versions(), session.store.events())
+
+
+def _detail(r) -> str:  # type: ignore[no-untyped-def]
+    d = r.json()["detail"]
+    assert isinstance(d, str) and d and "\n" not in d, d  # one clear line
+    return d
+
+
+# -- access token -----------------------------------------------------------------------------
+def test_token_required_when_set(session: FeedbackSession) -> None:
+    c = TestClient(create_app(session, token=TOKEN))
+    before = _snapshot(session)
+    for path in ("/api/info", "/", "/docs", "/openapi.json", "/static/app.js"):
+        r = c.get(path)
+        assert r.status_code == 401, path
+        assert "access token" in _detail(r)
+    assert c.get("/api/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/api/info", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    r = c.post("/api/rois", json={"rois": [_rect(_train_id(session))]})
+    assert r.status_code == 401
+    assert c.post("/api/retrain", json={}).status_code == 401
+    assert c.post("/api/rollback").status_code == 401
+    r = c.get("/?token=nope", follow_redirects=False)
+    assert r.status_code == 401 and "wrong access token" in _detail(r)
+    assert _snapshot(session) == before
+    ok = c.get("/api/info", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["height"] == 64
+
+
+def test_token_cookie_from_query(session: FeedbackSession) -> None:
+    c = TestClient(create_app(session, token=TOKEN))
+    r = c.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    # The client keeps the cookie: the page and the API now work without a header.
+    assert c.get("/").status_code == 200
+    assert c.get("/api/status").status_code == 200
+
+
+# -- validation ---------------------------------------------------------------------------------
+def test_out_of_image_roi(client: TestClient, session: FeedbackSession) -> None:
+    before = _snapshot(session)
+    r = client.post("/api/rois", json={"rois": [_rect(_train_id(session),
+                                                      pts=((0.1, 0.1), (1.3, 0.5)))]})
+    assert r.status_code == 422
+    assert "outside the image" in _detail(r) and "points" in _detail(r)
+    r = client.post("/api/rois", json={"rois": [_rect(_train_id(session),
+                                                      pts=((-0.2, 0.1), (0.3, 0.5)))]})
+    assert r.status_code == 422
+    # NaN is valid Python JSON but not a coordinate.
+    r = client.post("/api/rois", content=b'{"rois": [{"image_id": "%s", "shape": "rect", '
+                    b'"kind": "include", "points": [[NaN, 0.1], [0.5, 0.5]]}]}'
+                    % _train_id(session).encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert _snapshot(session) == before
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd",
+                                 "nope", "synth_cxr-000000%00"])
+def test_traversal_and_unknown_ids(client: TestClient, session: FeedbackSession,
+                                   bad: str) -> None:
+    before = _snapshot(session)
+    for suffix in ("image.png", "attention.png", "prediction"):
+        r = client.get(f"/api/images/{bad}/{suffix}")
+        assert r.status_code == 404, (bad, suffix)
+        if "etc" in bad and "%2F" in bad:
+            assert "unknown image id" in _detail(r)  # reached the lookup, refused there
+    r = client.get("/api/rois", params={"image_id": "../../etc/passwd"})
+    assert r.status_code == 404 and "unknown image id" in _detail(r)
+    r = client.post("/api/rois", json={"rois": [_rect("../../etc/passwd")]})
+    assert r.status_code == 404 and "not an id of this dataset" in _detail(r)
+    assert _snapshot(session) == before
+
+
+def test_oversized_body(client: TestClient, session: FeedbackSession) -> None:
+    before = _snapshot(session)
+    big = b'{"rois": [' + b" " * (1 << 20) + b"]}"
+    r = client.post("/api/rois", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "too large" in _detail(r)
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        yield b'{"rois": ['
+        for _ in range(20):
+            yield b" " * 65536
+        yield b"]}"
+
+    r = client.post("/api/rois", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert _snapshot(session) == before
+
+
+def test_bounded_payloads(client: TestClient, session: FeedbackSession) -> None:
+    image = _train_id(session)
+    before = _snapshot(session)
+    cases = [
+        {"rois": [_rect(image)] * 51},  # more regions than allowed in one request
+        {"rois": [{"image_id": image, "shape": "polygon", "kind": "include",
+                   "points": [[0.5 + 0.4 * np.cos(t), 0.5 + 0.4 * np.sin(t)]
+                              for t in np.linspace(0, 6, 65)]}]},
+        {"rois": [{**_rect(image), "colour": "red"}]},  # unknown field
+        {"rois": [{**_rect(image), "shape": "circle"}]},
+        {"rois": [{**_rect(image), "weight": 0}]},
+        {"rois": [_rect(image, pts=((0.2, 0.2), (0.2, 0.6)))]},  # no area
+        {"rois": []},
+        {"rois": [_rect("x" * 300)]},  # id longer than any id
+    ]
+    for body in cases:
+        r = client.post("/api/rois", json=body)
+        assert r.status_code == 422, body
+        _detail(r)
+    test_id = str(session.dm.ids["test"][0])
+    r = client.post("/api/rois", json={"rois": [_rect(test_id)]})
+    assert r.status_code == 422 and "held out" in _detail(r)
+    assert _snapshot(session) == before
+    # The per-image cap holds across requests: 409 once full.
+    for _ in range(5):
+        assert client.post("/api/rois", json={"rois": [_rect(image)] * 10}).status_code == 201
+    r = client.post("/api/rois", json={"rois": [_rect(image)]})
+    assert r.status_code == 409 and "at most 50" in _detail(r)
+    assert len(session.store.rois(image)) == 50
+
+
+def test_second_retrain_is_refused(client: TestClient, session: FeedbackSession) -> None:
+    r = client.post("/api/retrain", json={"epochs": 1})
+    assert r.status_code == 422 and "no feedback" in _detail(r)  # nothing to learn from yet
+    client.post("/api/rois", json={"rois": [_rect(_train_id(session))]})
+    runner = client.app.state.runner  # type: ignore[attr-defined]
+    release, started = threading.Event(), threading.Event()
+
+    def slow_retrain(session, params, progress, author=None):  # type: ignore[no-untyped-def]
+        progress(0.3, "pretending to train")
+        started.set()
+        release.wait(30)
+        raise RuntimeError("stopped by the test")
+
+    runner.retrain_fn = slow_retrain
+    r = client.post("/api/retrain", json={"epochs": 1, "gamma": 5})
+    assert r.status_code == 202 and r.json()["state"] == "running"
+    assert started.wait(30)
+    before = _snapshot(session)
+    r = client.post("/api/retrain", json={"epochs": 1})
+    assert r.status_code == 409 and "already running" in _detail(r) and "30%" in _detail(r)
+    for path in ("/api/accept", "/api/rollback"):
+        r = client.post(path, json={})
+        assert r.status_code == 409 and "retraining is running" in _detail(r)
+    status = client.get("/api/retrain").json()
+    assert status["state"] == "running" and status["message"] == "pretending to train"
+    assert _snapshot(session) == before
+    release.set()
+    runner.join(30)
+    status = client.get("/api/retrain").json()
+    assert status["state"] == "failed" and "stopped by the test" in status["error"]
+    assert session.store.versions() == before[1]
+
+
+def test_retrain_parameters_are_validated(client: TestClient, session: FeedbackSession) -> None:
+    client.post("/api/rois", json={"rois": [_rect(_train_id(session))]})
+    before = _snapshot(session)
+    for body in ({"epochs": 0}, {"lr": -1}, {"train": "head"}, {"mode": "blend"},
+                 {"gamma": "a lot"}, {"heldout": "train"}, {"unknown": 1}):
+        r = client.post("/api/retrain", json=body)
+        assert r.status_code == 422, body
+        _detail(r)
+    assert client.get("/api/retrain").json()["state"] == "idle"
+    assert _snapshot(session) == before
+
+
+def test_decisions_without_versions(client: TestClient, session: FeedbackSession) -> None:
+    before = _snapshot(session)
+    r = client.post("/api/rollback")
+    assert r.status_code == 409 and "nothing to roll back" in _detail(r)
+    r = client.post("/api/accept", json={})
+    assert r.status_code == 409 and "no candidate" in _detail(r)
+    r = client.post("/api/accept", json={"version": 1})
+    assert r.status_code == 409 and "not a candidate" in _detail(r)
+    r = client.post("/api/accept", json={"version": 7})
+    assert r.status_code == 404
+    r = client.get("/api/diff")
+    assert r.status_code == 409 and "no candidate" in _detail(r)
+    assert client.delete("/api/rois/12345").status_code == 404
+    assert _snapshot(session) == before
+    status = client.get("/api/status").json()
+    assert status["current"]["id"] == 1 and status["candidate"] is None
+
+
+def test_cross_origin_writes_and_host_allow_list(session: FeedbackSession) -> None:
+    c = TestClient(create_app(session))
+    before = _snapshot(session)
+    r = c.post("/api/rois", json={"rois": [_rect(_train_id(session))]},
+               headers={"origin": "http://evil.example"})
+    assert r.status_code == 403 and "cross-origin" in _detail(r)
+    r = c.post("/api/rollback", headers={"origin": "null"})
+    assert r.status_code == 403
+    assert _snapshot(session) == before
+    same = c.post("/api/rois", json={"rois": [_rect(_train_id(session))]},
+                  headers={"origin": "http://testserver"})
+    assert same.status_code == 201
+    local = TestClient(create_app(session, allowed_hosts=["127.0.0.1", "localhost"]))
+    r = local.get("/api/info")  # Host: testserver, as a DNS-rebinding page would send
+    assert r.status_code == 400 and "not served here" in _detail(r)
+    assert local.get("/api/info", headers={"host": "127.0.0.1:8000"}).status_code == 200
+
+
+# -- page, docs and data ----------------------------------------------------------------------
+def test_docs_work_offline_and_list_every_endpoint(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    routes = {(m, r.path) for r in client.app.routes  # type: ignore[attr-defined]
+              if getattr(r, "path", "").startswith("/api") for m in r.methods}
+    documented = {(m.upper(), re.sub(r"\{(\w+)\}", r"{\1}", p))
+                  for p, ops in spec["paths"].items() for m in ops}
+    normalised = {(m, p.replace("{image_id:path}", "{image_id}")) for m, p in routes}
+    assert normalised == documented
+    for ops in spec["paths"].values():
+        for op in ops.values():
+            assert op.get("summary"), op
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    # Nothing on the page or the docs loads from another host.
+    for f in STATIC.iterdir():
+        text = f.read_text()
+        assert not re.search(r"https?://|(src|href)=[\"']?//", text), f.name
+        assert client.get(f"/static/{f.name}").status_code == 200
+
+
+def test_images_predictions_and_maps(client: TestClient, session: FeedbackSession) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    listing = client.get("/api/images", params={"split": "val", "offset": 2, "limit": 3}).json()
+    assert listing["total"] == len(session.dm.ids["val"]) and len(listing["items"]) == 3
+    assert client.get("/api/images", params={"split": "secret"}).status_code == 422
+    assert client.get("/api/images", params={"limit": 10_000}).status_code == 422
+    image_id = listing["items"][0]["id"]
+    png = Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/image.png").content))
+    assert png.size == (64, 64) and png.mode == "L"
+    assert np.array_equal(np.asarray(png), session.image_uint8(image_id)[0])
+    att = np.asarray(Image.open(io.BytesIO(
+        client.get(f"/api/images/{image_id}/attention.png").content)))
+    expected = np.rint(session.attention(image_id) * 255)
+    assert att.shape == (64, 64) and np.abs(att - expected).max() <= 1
+    pred = client.get(f"/api/images/{image_id}/prediction").json()
+    assert abs(sum(pred["probabilities"].values()) - 1) < 1e-5
+    assert pred["version"] == 1 and pred["label_name"] == session.class_names[pred["label"]]
+    assert client.get(f"/api/images/{image_id}/prediction",
+                      params={"version": 9}).status_code == 404
+
+
+def test_full_flow_through_the_api(client: TestClient, session: FeedbackSession,
+                                   run_dir: Path) -> None:
+    """ROIs -> retrain (background, progress) -> diff -> accept -> rollback (byte-identical)."""
+    run_sha = sha256_file(run_dir / "checkpoints" / "last.ckpt")
+    first = client.get("/api/status").json()
+    assert first["current"]["sha256"] == run_sha
+    ids = [_train_id(session, k) for k in range(3)]
+    rois = [_rect(i) for i in ids] + [
+        {"image_id": ids[0], "shape": "ellipse", "kind": "include",
+         "points": [[0.3, 0.4], [0.7, 0.8]]},
+        {"image_id": ids[1], "shape": "polygon", "kind": "include",
+         "points": [[0.3, 0.3], [0.7, 0.35], [0.5, 0.8]]}]
+    assert client.post("/api/rois", json={"rois": rois, "author": "dr. test"}).status_code == 201
+    r = client.post("/api/retrain", json={"epochs": 1, "max_batches": 2, "gamma": 50,
+                                          "author": "dr. test"})
+    assert r.status_code == 202
+    seen = set()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        s = client.get("/api/retrain").json()
+        seen.add(round(s["progress"], 2))
+        if s["state"] != "running":
+            break
+        time.sleep(0.2)
+    assert s["state"] == "done", s
+    assert len(seen) >= 2  # progress was reported along the way
+    status = client.get("/api/status").json()
+    cand = status["candidate"]
+    assert cand["id"] == 2 and cand["parent"] == 1 and status["current"]["id"] == 1
+    assert cand["params"]["feedback_images"] == 3 and cand["author"] == "dr. test"
+    diff = client.get("/api/diff").json()
+    assert diff["before_version"] == 1 and diff["after_version"] == 2
+    assert diff["feedback"]["n_images"] == 3 and diff["heldout"]["split"] == "val"
+    assert diff["feedback"]["exclude_share"]["after"] is not None
+    assert client.post("/api/accept", json={}).json()["current"]["id"] == 2
+    accepted = client.get("/api/status").json()
+    assert accepted["weights_sha256"] != first["weights_sha256"]
+    r = client.post("/api/rollback").json()
+    assert r["rolled_back"]["id"] == 2 and r["current"]["id"] == 1
+    back = client.get("/api/status").json()
+    assert back["weights_sha256"] == first["weights_sha256"]  # byte-identical weights
+    v1 = session.store.version(1)
+    assert sha256_file(session.store.checkpoint_path(v1)) == v1["sha256"] == run_sha
+    assert [v["status"] for v in back["versions"]] == ["accepted", "rolled_back"]
+    actions = [e["action"] for e in client.get("/api/events").json()]
+    assert actions[:3] == ["rollback", "accept", "candidate"]
