@@ -1,43 +1,69 @@
-"""One training run: fit, test, and the run directory (metrics.json, explanations.h5, ...)."""
+"""One training run: fit, test, and the run directory (metrics.json, explanations.h5, ...).
+
+Also what multirun sweeps need around it: a run's status from its folder, the end-of-sweep
+summary (a Hydra callback), and the GPU/thread share of a job under the ``local`` launcher.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from mimic_runner.errors import UserError
 from mimic_runner.io import read_json, write_json
-from mimic_runner.training.builders import build_datamodule, build_module, build_trainer
+
+# torch and Lightning are imported where a run trains: the launching process (which only
+# hosts the sweep summary) and skipped jobs then start in a fraction of the time.
 
 console = Console(stderr=True)
 
 
 def _scalar(v: Any) -> Any:
+    import torch
+
     if isinstance(v, torch.Tensor):
         return float(v.detach().cpu())
     return v
 
 
+def wants_resume(cfg: DictConfig) -> bool:
+    """``resume=true``, or a launcher whose jobs always resume (SLURM requeues a preempted job
+    with the same overrides, so its ``last.ckpt`` is this very run's)."""
+    return bool(cfg.get("resume")) or bool(OmegaConf.select(cfg, "launcher.resume",
+                                                            default=False))
+
+
 def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit and test one model; write and return ``metrics.json``'s content."""
+    import lightning as L
+
+    from mimic_runner.training.builders import build_datamodule, build_module, build_trainer
+
     t_start = time.perf_counter()
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     ckpt_path = None
-    if cfg.resume and last.exists():
+    if wants_resume(cfg) and last.exists():
         ckpt_path = str(last)
         console.print(f"resuming from {last}")
     elif ckpt_dir.exists():
+        if last.exists():
+            console.print(f"[yellow]{run_dir}: an interrupted run left {last.name}; starting "
+                          "over (pass resume=true to continue it instead)[/yellow]")
         shutil.rmtree(ckpt_dir)  # stale checkpoints of an earlier run in this folder
     for stale in ("explanations.h5", "member_cams.h5"):
         if ckpt_path is None:
@@ -95,7 +121,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, 
     """Skip finished runs, train otherwise; in a sweep, record a failure and carry on."""
     metrics_path = run_dir / "metrics.json"
     skip = cfg.skip_completed if cfg.skip_completed is not None else multirun
-    if metrics_path.exists() and (skip or cfg.resume):
+    if metrics_path.exists() and (skip or wants_resume(cfg)):
         console.print(f"[green]skip[/green] {run_dir}: metrics.json exists (finished run)")
         return read_json(metrics_path)
     failed_path = run_dir / "failed.json"
@@ -129,3 +155,175 @@ def _record_failure(path: Path, exc: BaseException, cfg: DictConfig) -> None:
     console.print(f"[red]failed[/red] {path.parent}: {type(exc).__name__}: {exc} "
                   f"(details in {path.name}); continuing with the other runs")
 
+
+
+# -- run status and the end-of-sweep summary --------------------------------------------------
+
+RUN_STATUSES = ("finished", "failed", "interrupted", "incomplete")
+
+
+def run_status(run_dir: Path) -> str:
+    """A run folder's state: ``finished`` (metrics.json), ``failed`` (failed.json),
+    ``interrupted`` (a last.ckpt to resume from) or ``incomplete`` (nothing to resume)."""
+    if (run_dir / "metrics.json").exists():
+        return "finished"
+    if (run_dir / "failed.json").exists():
+        return "failed"
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        return "interrupted"
+    return "incomplete"
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every folder under ``root`` (itself included) that holds a run's ``.hydra/config.yaml``."""
+    return sorted(p.parent.parent for p in Path(root).rglob(".hydra/config.yaml")
+                  if ".submitit" not in p.parts)
+
+
+@dataclass
+class SweepOutcome:
+    """What one multirun invocation did, run folder by run folder."""
+
+    trained: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[Path] = field(default_factory=list)
+    incomplete: list[Path] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.trained) + len(self.skipped) + len(self.failed) + len(self.incomplete)
+
+
+def sweep_outcome(sweep_dir: Path, since: float) -> SweepOutcome:
+    """Classify the runs a sweep started at ``since`` (epoch seconds) touched.
+
+    Hydra rewrites a job's ``.hydra/config.yaml`` before calling it, skipped jobs included, so
+    that file's mtime tells which folders belong to this invocation (whatever the launcher);
+    ``metrics.json`` older than ``since`` means the run had finished before and was skipped.
+    """
+    out = SweepOutcome()
+    for d in find_run_dirs(sweep_dir):
+        if (d / ".hydra" / "config.yaml").stat().st_mtime < since:
+            continue  # a run of an earlier, different invocation
+        status = run_status(d)
+        if status == "finished":
+            fresh = (d / "metrics.json").stat().st_mtime >= since
+            (out.trained if fresh else out.skipped).append(d)
+        elif status == "failed":
+            out.failed.append(d)
+        else:
+            out.incomplete.append(d)
+    return out
+
+
+_last_outcome: SweepOutcome | None = None
+
+
+def last_sweep_outcome() -> SweepOutcome | None:
+    """The outcome :class:`SweepSummary` saw at the end of this process's last multirun."""
+    return _last_outcome
+
+
+class SweepSummary(Callback):
+    """Hydra callback (``hydra.callbacks``, set by every ``launcher/`` option): one summary line
+    at the end of a multirun, in the launching process, whatever launcher ran the jobs."""
+
+    def __init__(self) -> None:
+        self.start = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Slack for coarse file-system timestamps (and small clock skew on shared disks).
+        self.start = time.time() - 2.0
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _last_outcome
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        out = sweep_outcome(sweep_dir, self.start)
+        _last_outcome = out
+        parts = [f"{len(out.trained)} trained", f"{len(out.skipped)} skipped (finished before)"]
+        if out.failed:
+            parts.append(f"[red]{len(out.failed)} failed[/red]")
+        if out.incomplete:
+            parts.append(f"[yellow]{len(out.incomplete)} incomplete[/yellow]")
+        console.print(f"sweep {sweep_dir}: {out.total} runs: " + ", ".join(parts))
+        for d in out.failed:
+            console.print(f"  [red]failed[/red] {d} (see {d / 'failed.json'})")
+        for d in out.incomplete:
+            console.print(f"  [yellow]incomplete[/yellow] {d} (re-run with resume=true)")
+
+
+# -- the local (joblib) launcher: one GPU per job, or several jobs packed on one ----------------
+
+def local_n_jobs(n_jobs: int | None, jobs_per_gpu: int, n_gpus: int) -> int:
+    """Parallel jobs of the ``local`` launcher: ``n_jobs`` if given, else every GPU times
+    ``jobs_per_gpu``, else 1 (CPU-only: parallel jobs would only split the same cores)."""
+    if n_jobs is not None:
+        if int(n_jobs) < 1:
+            raise UserError(f"launcher.n_jobs={n_jobs}: use a positive number (or null)")
+        return int(n_jobs)
+    if jobs_per_gpu < 1:
+        raise UserError(f"launcher.jobs_per_gpu={jobs_per_gpu}: use a positive number")
+    return n_gpus * jobs_per_gpu if n_gpus else 1
+
+
+def gpu_slot_order(job_num: int, n_gpus: int, jobs_per_gpu: int) -> list[tuple[int, int]]:
+    """The (gpu, slot) pairs job ``job_num`` tries, in order, under the ``local`` launcher.
+
+    Its first choice is GPU ``job_num % n_gpus`` — consecutive jobs, which run side by side,
+    land on different GPUs, and ``jobs_per_gpu`` slots per GPU pack that many jobs on one — then
+    every other slot, so a job that finds its GPU full takes a free one elsewhere.
+    """
+    if n_gpus < 1 or jobs_per_gpu < 1:
+        return []
+    slots = [(g, k) for k in range(jobs_per_gpu) for g in range(n_gpus)]
+    first = (job_num % n_gpus) + n_gpus * ((job_num // n_gpus) % jobs_per_gpu)
+    return slots[first:] + slots[:first]
+
+
+def cpu_threads_per_job(n_cpus: int, n_jobs: int) -> int:
+    """Torch threads for each of ``n_jobs`` parallel jobs, so they do not oversubscribe."""
+    return max(1, n_cpus // max(1, n_jobs))
+
+
+@contextlib.contextmanager
+def local_job_resources(cfg: DictConfig, job_num: int, n_jobs: int) -> Iterator[int | None]:
+    """Give a ``local``-launcher job its CPU threads and a GPU slot; yields the GPU index.
+
+    The slot is a file lock held while the job runs, so no GPU holds more than
+    ``launcher.jobs_per_gpu`` jobs even when the jobs finish out of order. The GPU is chosen
+    through ``trainer.devices=[i]`` (and ``torch.cuda.set_device``) rather than
+    ``CUDA_VISIBLE_DEVICES``: joblib reuses its worker processes, and CUDA reads that variable
+    only once per process.
+    """
+    import torch
+    from filelock import FileLock, Timeout
+
+    torch.set_num_threads(cpu_threads_per_job(os.cpu_count() or 1, n_jobs))
+    n_gpus = torch.cuda.device_count() if cfg.trainer.get("accelerator") in (
+        "auto", "gpu", "cuda") else 0
+    order = gpu_slot_order(job_num, n_gpus, int(cfg.launcher.get("jobs_per_gpu") or 1))
+    if not order:
+        yield None
+        return
+    lock_dir = Path(tempfile.gettempdir()) / f"mimic-runner-gpu-slots-{os.getuid()}"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = None
+    for gpu, k in order:
+        candidate = FileLock(str(lock_dir / f"gpu{gpu}-slot{k}.lock"))
+        try:
+            candidate.acquire(timeout=0)
+        except Timeout:
+            continue
+        lock = candidate
+        break
+    if lock is None:  # more parallel jobs than slots: wait for the first choice
+        gpu, k = order[0]
+        lock = FileLock(str(lock_dir / f"gpu{gpu}-slot{k}.lock"))
+        lock.acquire()
+    try:
+        cfg.trainer.devices = [gpu]
+        torch.cuda.set_device(gpu)
+        console.print(f"job {job_num}: GPU {gpu} (slot {k})")
+        yield gpu
+    finally:
+        lock.release()
