@@ -177,10 +177,12 @@ def test_peppr_writes_every_point_and_the_summary(run: Path) -> None:
                                              "1.000000"}
     rec = json.loads((run / "peppr.json").read_text())
     assert rec["ranking"] == "class" and rec["fill"] == "blur" and rec["blur_sigma"] == 2.0
+    assert rec["random_patch"] == 2  # 32 px / 16
     assert rec["n_images"] == N_PER_SPLIT and rec["maps_source"] == "explanations.h5"
     s = rec["summary"]
     assert set(s["auc"]) == {"class", "local", "random_0", "random_1", "inverse"}
     assert set(s["gap_to_random"]) == {"class", "local", "inverse"}
+    assert set(s["verdicts"]["agreement"]) == {"class", "local", "inverse"}
     assert s["random"]["erase"]["accuracy"]["n"] == 2
     assert set(rec["reading"]) == {"class", "local", "inverse"}
     assert rec["seconds"]["evaluate"] >= 0 and rec["forward_passes"] > 0
@@ -192,7 +194,8 @@ def test_peppr_writes_every_point_and_the_summary(run: Path) -> None:
 
 def test_peppr_global_ranking_on_val_with_zero_fill(run: Path) -> None:
     main(["peppr", str(run), "--split", "val", "--steps", "3", "--random-seeds", "0",
-          "--fill", "zero", "--no-local-control", "--max-images", "5", "--metric", "agreement"])
+          "--fill", "zero", "--no-local-control", "--max-images", "5", "--metric", "agreement",
+          "--random-patch", "1"])
     rec = json.loads((run / "peppr_val.json").read_text())
     assert rec["n_images"] == 5 and rec["maps_source"] == "recomputed"
     assert set(rec["summary"]["auc"]) == {"global", "inverse"}
@@ -243,6 +246,7 @@ def test_steps_out_of_range(run: Path, steps: str, capsys: pytest.CaptureFixture
     (["--random-seeds", "-1"], "--random-seeds"),
     (["--blur-sigma", "0", "--fill", "blur"], "--blur-sigma"),
     (["--device", "tpu"], "--device"),
+    (["--random-patch", "0"], "--random-patch"),
 ])
 def test_bad_options(run: Path, argv: list[str], words: str,
                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,6 +19,8 @@ from mimic_runner.explain.peppr import (
     mirror_result,
     peppr_curves,
     perturb,
+    predict_batched,
+    random_patch_ranks,
     random_ranks,
     rank_pixels,
     reading,
@@ -70,6 +72,25 @@ def test_rank_pixels_breaks_ties_randomly_not_in_raster_order() -> None:
     assert torch.equal(ranks, again)  # seeded
     with pytest.raises(ValueError, match="finite"):
         rank_pixels(torch.full((2, 2), float("nan")))
+
+
+def test_random_patch_ranks_erase_whole_blocks() -> None:
+    r = random_patch_ranks(8, 10, patch=4, n=2, generator=torch.Generator().manual_seed(0))
+    assert r.shape == (2, 80)
+    for ranks in r:
+        assert sorted(ranks.tolist()) == list(range(80))
+        grid = ranks.view(8, 10)
+        # Blocks (the last column of blocks is 2 px wide): consecutive ranks.
+        for rows in (slice(0, 4), slice(4, 8)):
+            for cols in (slice(0, 4), slice(4, 8), slice(8, 10)):
+                block = grid[rows, cols].flatten().sort().values
+                assert torch.equal(block, torch.arange(int(block[0]), int(block[0]) + len(block),
+                                                       dtype=block.dtype))
+    assert not torch.equal(r[0], r[1])
+    pixelwise = random_patch_ranks(4, 4, patch=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pixelwise, random_ranks(16, 1, torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="patch"):
+        random_patch_ranks(4, 4, patch=0)
 
 
 def test_random_and_inverse_ranks() -> None:
@@ -166,9 +187,13 @@ def test_batching_does_not_change_the_curves() -> None:
     counts = step_counts(64, 6)
     small = peppr_curves(model, images, labels, rankings, counts, blur, identity, batch_size=2)
     big = peppr_curves(model, images, labels, rankings, counts, blur, identity, batch_size=1000)
+    clean = predict_batched(model, images, identity, 2).softmax(-1)
+    given = peppr_curves(model, images, labels, rankings, counts, blur, identity, batch_size=4,
+                         clean_probs=clean)
     for name in rankings:
         for mode in ("erase", "restore"):
             assert torch.allclose(small[name][mode].probs, big[name][mode].probs, atol=1e-5)
+            assert torch.allclose(given[name][mode].probs, big[name][mode].probs, atol=1e-5)
 
 
 def test_progress_counts_every_perturbed_image() -> None:
@@ -195,6 +220,10 @@ def test_square_model_erasing_the_global_map_first_drops_to_chance() -> None:
     seeds = [f"random_{s}" for s in range(3)]
     for s, name in enumerate(seeds):
         rankings[name] = (random_ranks(SIZE * SIZE, 1, torch.Generator().manual_seed(s)), None)
+    blocks = [f"blocks_{s}" for s in range(3)]  # random 2x2-pixel blocks: also slow
+    for s, name in enumerate(blocks):
+        g = torch.Generator().manual_seed(s)
+        rankings[name] = (random_patch_ranks(SIZE, SIZE, 2, 1, g), None)
     fill = torch.zeros(1, 1, 1, 1)  # an erased square reads as "dark": class 0
     res = peppr_curves(model, images, labels, rankings, counts, fill, identity, batch_size=64)
     res["inverse"] = {"erase": mirror_result(res["global"]["restore"]),
@@ -202,10 +231,11 @@ def test_square_model_erasing_the_global_map_first_drops_to_chance() -> None:
     er, re = res["global"]["erase"].accuracy, res["global"]["restore"].accuracy
     assert er[0] == 1.0 and er[1] == 0.5 and (er[1:] == 0.5).all()  # chance from the 1st step
     assert re[0] == 0.5 and (re[1:] == 1.0).all()  # restoration recovers at once
-    for name in seeds:
+    for name in seeds + blocks:
         assert res[name]["erase"].accuracy[1] == 1.0  # 5 % random pixels leave the square
-        assert res[name]["erase"].accuracy[4] > 0.9
         assert res[name]["restore"].accuracy[1] == 0.5
+    for name in seeds:  # scattered pixels: the square's mean hardly moves until late
+        assert res[name]["erase"].accuracy[4] > 0.9
     # The inverse (least important first) keeps the square until the very end.
     assert (res["inverse"]["erase"].accuracy[:-1] == 1.0).all()
 
@@ -213,6 +243,8 @@ def test_square_model_erasing_the_global_map_first_drops_to_chance() -> None:
     summary = summarise_peppr(k, res, seeds)
     assert summary["verdict"]["global"] == "faithful"
     assert summary["verdict"]["inverse"] == "anti-faithful"
+    assert summary["verdicts"]["agreement"]["global"] == "faithful"
+    assert set(summary["verdicts"]) == set(METRICS)
     gap = summary["gap_to_random"]["global"]
     assert gap["erase"]["accuracy"] > 0.2 and gap["restore"]["accuracy"] > 0.2
     assert summary["auc"]["global"]["peppr"]["accuracy"] > 0.4

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid points from 0 to 100 %% of the pixels (default 21 = every 5 %%)")
     p.add_argument("--random-seeds", type=int, default=3,
                    help="random-order controls (default 3)")
+    p.add_argument("--random-patch", type=int, default=None,
+                   help="the random control erases blocks of this many pixels square "
+                        "(default about 1/16 of the image side; 1 = pixel-wise)")
     p.add_argument("--ranking", default="global", choices=("global", "class", "local"),
                    help="overall global map, the predicted class's global map, or each "
                         "image's own map")
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_peppr(PepprOptions(**common, fill=args.fill, steps=args.steps,
                                random_seeds=args.random_seeds, ranking=args.ranking,
                                local_control=args.local_control, blur_sigma=args.blur_sigma,
-                               metric=args.metric))
+                               metric=args.metric, random_patch=args.random_patch))
 
 
 if __name__ == "__main__":

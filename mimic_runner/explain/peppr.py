@@ -43,6 +43,7 @@ __all__ = [
     "peppr_curves",
     "perturb",
     "predict_batched",
+    "random_patch_ranks",
     "random_ranks",
     "rank_pixels",
     "reading",
@@ -115,6 +116,26 @@ def random_ranks(n_pixels: int, n: int = 1, generator: torch.Generator | None = 
     """``n`` random rankings of ``n_pixels`` pixels: (n, P) int32."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     return torch.stack([torch.randperm(n_pixels, generator=g) for _ in range(n)]).to(torch.int32)
+
+
+def random_patch_ranks(height: int, width: int, patch: int = 1, n: int = 1,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """``n`` random orders of square ``patch``-pixel blocks: (n, H·W) int32.
+
+    Each block's pixels are consecutive in the order (in random order among themselves), so
+    erasing removes whole blocks — as spatially coherent as a ranking by a smooth map, unlike
+    a pixel-wise random order (``patch=1``), whose scattered erased pixels break the image far
+    faster than any region does.
+    """
+    if patch < 1:
+        raise ValueError(f"patch must be at least 1, got {patch}")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    if patch == 1:
+        return random_ranks(height * width, n, g)
+    gh, gw = -(-height // patch), -(-width // patch)
+    coarse = torch.rand(n, gh, gw, generator=g)
+    scores = coarse.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, :height, :width]
+    return rank_pixels(scores, generator=g)
 
 
 def inverse_ranks(ranks: Tensor) -> Tensor:
@@ -256,6 +277,7 @@ def peppr_curves(
     batch_size: int = 256,
     modes: tuple[str, ...] = MODES,
     progress: Callable[[str, int], None] | None = None,
+    clean_probs: Tensor | None = None,
 ) -> dict[str, dict[str, PerturbationResult]]:
     """Evaluate erasing and restoration curves of several rankings, batched.
 
@@ -271,6 +293,8 @@ def peppr_curves(
         batch_size: images per forward pass; when it exceeds N, several steps share a pass.
         modes: which of ``erase`` / ``restore`` to run.
         progress: called as ``progress(ranking_name, n_images_done)`` after each pass.
+        clean_probs: (N, K) softmax of the clean images when the caller has it already
+            (e.g. to rank by predicted class); otherwise computed here.
 
     Returns:
         ``{name: {mode: PerturbationResult}}`` (tensors on the CPU). The two ends of every
@@ -300,9 +324,11 @@ def peppr_curves(
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
         x = images[sl].float() / 255
-        clean.append(probs_of(x))
+        if clean_probs is None:
+            clean.append(probs_of(x))
         full.append(probs_of(fill_of(sl).expand_as(x)))
-    p_clean, p_full = torch.cat(clean), torch.cat(full)
+    p_clean = torch.cat(clean) if clean_probs is None else clean_probs.float().cpu()
+    p_full = torch.cat(full)
     k = p_clean.shape[-1]
     labels = labels.cpu()
     reference = p_clean.argmax(-1)
@@ -365,9 +391,10 @@ def summarise_peppr(
         erasing a random k % and restoring a random 1 − k % leave the same kind of image),
         ``random[mode][metric]`` = {mean, std, n}, ``gap_to_random[name][mode][metric]``
         (positive = better than random: ``random − erase`` and ``restore − random``),
-        ``verdict[name]`` (``faithful``: both gaps beyond the tolerance; ``anti-faithful``:
-        both beyond it the wrong way; ``partly faithful (erasing|restoration)``; ``≈ random``),
-        ``tolerance[mode]`` and ``metric``.
+        ``verdict[name]`` on ``metric`` (``faithful``: both gaps beyond the tolerance;
+        ``anti-faithful``: both beyond it the wrong way; ``partly faithful
+        (erasing|restoration)``; ``≈ random``), ``tolerance[mode]``, ``metric``, and the same
+        for every metric in ``verdicts[metric][name]`` and ``tolerances[metric][mode]``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -391,28 +418,35 @@ def summarise_peppr(
             v = torch.tensor([auc[n][m][k] for n in rnd], dtype=torch.float64)
             std = float(v.std(correction=1)) if len(v) > 1 else 0.0
             random[m][k] = {"mean": float(v.mean()), "std": std, "n": len(v)}
-    tol = {m: max(min_gap, spread_factor * random[m][metric]["std"]) for m in modes}
+    tol = {k: {m: max(min_gap, spread_factor * random[m][k]["std"]) for m in modes}
+           for k in METRICS}
     gaps: dict[str, dict[str, dict[str, float]]] = {}
-    verdict: dict[str, str] = {}
+    verdicts: dict[str, dict[str, str]] = {k: {} for k in METRICS}
     for name in auc:
         if name in rnd:
             continue
         gaps[name] = {m: {k: (random[m][k]["mean"] - auc[name][m][k]) if m == "erase"
                           else (auc[name][m][k] - random[m][k]["mean"]) for k in METRICS}
                       for m in modes}
-        better = {m: gaps[name][m][metric] > tol[m] for m in modes}
-        worse = {m: gaps[name][m][metric] < -tol[m] for m in modes}
-        if all(better.values()):
-            verdict[name] = "faithful"
-        elif all(worse.values()):
-            verdict[name] = "anti-faithful"
-        elif any(better.values()):
-            which = "erasing" if better.get("erase") else "restoration"
-            verdict[name] = f"partly faithful ({which})"
-        else:
-            verdict[name] = "≈ random"
-    out.update(random=random, gap_to_random=gaps, verdict=verdict, tolerance=tol)
+        for k in METRICS:
+            verdicts[k][name] = _verdict({m: gaps[name][m][k] for m in modes}, tol[k])
+    verdict = verdicts[metric]
+    out.update(random=random, gap_to_random=gaps, verdict=verdict, tolerance=tol[metric],
+               verdicts=verdicts, tolerances=tol)
     return out
+
+
+def _verdict(gaps: Mapping[str, float], tol: Mapping[str, float]) -> str:
+    better = {m: g > tol[m] for m, g in gaps.items()}
+    worse = {m: g < -tol[m] for m, g in gaps.items()}
+    if all(better.values()):
+        return "faithful"
+    if all(worse.values()):
+        return "anti-faithful"
+    if any(better.values()):
+        return "partly faithful (erasing)" if better.get("erase") else (
+            "partly faithful (restoration)")
+    return "≈ random"
 
 
 _METRIC_WORDS = {"accuracy": "accuracy", "p_true": "the probability of the true class",

@@ -43,7 +43,7 @@ from mimic_runner.explain.peppr import (
     mirror_result,
     peppr_curves,
     predict_batched,
-    random_ranks,
+    random_patch_ranks,
     rank_pixels,
     reading,
     step_counts,
@@ -110,6 +110,7 @@ class PepprOptions(ExplainOptions):
     local_control: bool = True
     blur_sigma: float | None = None
     metric: str = "accuracy"
+    random_patch: int | None = None  # None: about 1/16 of the image side
 
     def validate(self) -> None:
         super().validate()
@@ -124,6 +125,8 @@ class PepprOptions(ExplainOptions):
             raise UserError(f"--random-seeds {self.random_seeds}: use 0..100")
         if self.blur_sigma is not None and self.blur_sigma <= 0:
             raise UserError(f"--blur-sigma {self.blur_sigma}: must be positive")
+        if self.random_patch is not None and self.random_patch < 1:
+            raise UserError(f"--random-patch {self.random_patch}: must be at least 1 pixel")
         if self.metric not in METRICS:
             raise UserError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
 
@@ -382,6 +385,12 @@ def concentration(g: GlobalMaps, top: float = 0.1) -> dict[str, float]:
     return out
 
 
+def _stdout_console() -> Console:
+    """stdout console; 120 columns when it is not a terminal (logs), so tables do not wrap."""
+    out = Console()
+    return out if out.is_terminal else Console(width=120)
+
+
 def print_global_summary(g: GlobalMaps, summary: dict[str, Any]) -> None:
     table = Table(title=f"global explanations ({summary['maps_source']}, grouped by "
                         f"{g.group_by}, normalised by {g.normalize})")
@@ -393,8 +402,9 @@ def print_global_summary(g: GlobalMaps, summary: dict[str, Any]) -> None:
     for k, name in enumerate(g.class_names):
         c = conc[name]
         table.add_row(name, str(int(g.counts[k])), "—" if np.isnan(c) else f"{c:.3f}")
-    Console().print(table)
-    Console().print(f"wrote {summary['global_explanations']} and {summary['figure']} "
+    out = _stdout_console()
+    out.print(table)
+    out.print(f"wrote {summary['global_explanations']} and {summary['figure']} "
                     f"in {summary['seconds']:.1f} s")
 
 
@@ -423,6 +433,14 @@ def make_fill(kind: str, images: Tensor, dm: HDF5DataModule, blur_sigma: float |
     return blurred, {"fill": kind, "blur_sigma": sigma}
 
 
+def random_patch_size(opts: PepprOptions, height: int, width: int) -> int:
+    """The random control's block side: ``--random-patch`` or about 1/16 of the image side
+    (8 px at 128 px, about a Grad-CAM cell of a stride-8 backbone)."""
+    if opts.random_patch is not None:
+        return opts.random_patch
+    return max(1, round(min(height, width) / 16))
+
+
 def build_rankings(opts: PepprOptions, g: GlobalMaps, loc: LocalMaps, clean_pred: Tensor,
                    device: torch.device) -> tuple[dict[str, tuple[Tensor, Tensor | None]],
                                                   list[str], str, str]:
@@ -432,7 +450,8 @@ def build_rankings(opts: PepprOptions, g: GlobalMaps, loc: LocalMaps, clean_pred
     mirrored from the main ranking afterwards (:func:`~mimic_runner.explain.peppr.mirror_result`).
     """
     n = len(loc.maps)
-    p = loc.maps.shape[-1] * loc.maps.shape[-2]
+    h, w = loc.maps.shape[-2:]
+    patch = random_patch_size(opts, h, w)
     rankings: dict[str, tuple[Tensor, Tensor | None]] = {}
     gen = torch.Generator().manual_seed(0)  # tie-breaking order, fixed
     if opts.ranking == "global":
@@ -451,8 +470,8 @@ def build_rankings(opts: PepprOptions, g: GlobalMaps, loc: LocalMaps, clean_pred
     random_names = []
     for seed in range(opts.random_seeds):
         name = f"random_{seed}"
-        rankings[name] = (random_ranks(p, 1, torch.Generator().manual_seed(seed)).to(device),
-                          None)
+        gen_seed = torch.Generator().manual_seed(seed)
+        rankings[name] = (random_patch_ranks(h, w, patch, 1, gen_seed).to(device), None)
         random_names.append(name)
     assert n > 0
     return rankings, random_names, main, what
@@ -481,7 +500,8 @@ def run_peppr(opts: PepprOptions) -> dict[str, Any]:
         assert dm.mean is not None and dm.std is not None
         return (x - dm.mean.to(x.device)) / dm.std.to(x.device)
 
-    clean_pred = predict_batched(predict, images, normalise, opts.batch_size).argmax(-1).cpu()
+    clean_probs = predict_batched(predict, images, normalise, opts.batch_size).softmax(-1).cpu()
+    clean_pred = clean_probs.argmax(-1)
     t_prep = time.perf_counter() - t0
     fill, fill_info = make_fill(opts.fill, images, dm, opts.blur_sigma)
     rankings, random_names, main, what = build_rankings(opts, g, loc, clean_pred, device)
@@ -504,7 +524,8 @@ def run_peppr(opts: PepprOptions) -> dict[str, Any]:
             progress.update(task, advance=k, description=f"PEPPR · {name}")
 
         results = peppr_curves(predict, images, labels, rankings, counts, fill, normalise,
-                               batch_size=opts.batch_size, progress=advance)
+                               batch_size=opts.batch_size, progress=advance,
+                               clean_probs=clean_probs)
     t_eval = time.perf_counter() - t1
     if mirrored:
         results["inverse"] = {"erase": mirror_result(results[main]["restore"]),
@@ -528,13 +549,20 @@ def run_peppr(opts: PepprOptions) -> dict[str, Any]:
         loc.source, "explain_target": loc.explain_target, "ranking": main, "ranking_means": what,
         "group_by": opts.group_by, "normalize": opts.normalize, "steps": opts.steps,
         "random_seeds": opts.random_seeds, "batch_size": opts.batch_size, "device": str(device),
-        "metric": opts.metric, **fill_info, "fractions": fractions.tolist(), **ends,
+        "metric": opts.metric, "random_patch": random_patch_size(opts, *images.shape[-2:]),
+        **fill_info, "fractions": fractions.tolist(), **ends,
         "summary": summary, "reading": lines,
         "notes": run.notes + g.notes, "seconds": {"prepare": round(t_prep, 2), "evaluate":
                                                  round(t_eval, 2), "total": round(
                                                      time.perf_counter() - t0, 2)},
         "forward_passes": len(loc.maps) * (2 + len(rankings) * len(MODES) * (opts.steps - 2)),
     }
+    span = ends["accuracy_clean"] - ends["accuracy_fully_erased"]
+    if span < 0.05 and opts.metric == "accuracy":
+        record["notes"].append(
+            f"accuracy barely depends on the image (clean {ends['accuracy_clean']:.3f}, fully "
+            f"erased {ends['accuracy_fully_erased']:.3f}): accuracy curves cannot show "
+            "faithfulness; read the agreement verdict (--metric agreement)")
     write_json(json_path, record)
     plot_peppr(fig_path, fractions, results, random_names, main, ends,
                title=f"PEPPR · {run.model_name} · {opts.split} ({len(loc.maps)} images) · "
@@ -562,7 +590,7 @@ def write_peppr_csv(path: Path, fractions: Tensor, counts: Tensor,
 
 def print_peppr_summary(record: dict[str, Any], summary: dict[str, Any],
                         random_names: list[str]) -> None:
-    out = Console()
+    out = _stdout_console()
     metric = record["metric"]
     table = Table(title=f"PEPPR · {record['split']} · {record['n_images']} images · "
                         f"fill={record['fill']} · {record['steps']} steps · {metric} AUC "
@@ -594,8 +622,14 @@ def print_peppr_summary(record: dict[str, Any], summary: dict[str, Any],
               f"{record['accuracy_fully_erased']:.3f}, agreement "
               f"{record['agreement_fully_erased']:.3f}; evaluation "
               f"{record['seconds']['evaluate']:.1f} s on {record['device']}")
+    if "verdicts" in summary:
+        main = record["ranking"]
+        out.print(f"verdict of '{main}' by metric: " + "; ".join(
+            f"{k} {v[main]}" for k, v in summary["verdicts"].items()))
     for line in record["reading"].values():
         out.print(f"• {line}")
+    for note in record["notes"]:
+        out.print(f"[yellow]note:[/yellow] {note}")
     out.print(f"wrote {record['csv']}, {record['json']} and {record['figure']}")
 
 
