@@ -38,11 +38,15 @@ def _finished_runs(root: Path) -> list[Path]:
     return sorted(p.parent for p in (root / "runs").glob("*/metrics.json"))
 
 
-def untrained_run(run_dir: str | Path, overrides: list[str], seed: int = 0) -> Path:
+def untrained_run(run_dir: str | Path, overrides: list[str], seed: int = 0,
+                  calibrate_batches: int = 4) -> Path:
     """A run folder holding the composed config and a freshly initialised model's checkpoint.
 
     What :func:`~mimic_runner.training.run_io.load_run` needs (``.hydra/config.yaml``,
     ``checkpoints/last.ckpt``) without training: fast fixtures for the feedback API and tests.
+    The BatchNorm statistics are calibrated on ``calibrate_batches`` training batches, so that
+    the model in eval mode behaves as it does in training (at initialisation the running
+    statistics are 0/1 and the attention map would be a flat 0.5).
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -67,8 +71,30 @@ def untrained_run(run_dir: str | Path, overrides: list[str], seed: int = 0) -> P
     dm = build_datamodule(cfg)
     dm.prepare_data()
     module = build_module(cfg, dm)
+    calibrate_batchnorm(module, dm, calibrate_batches)
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     torch.save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
     return run_dir
+
+
+@torch.no_grad()
+def calibrate_batchnorm(module: torch.nn.Module, dm, batches: int) -> None:  # type: ignore[no-untyped-def]
+    """Set every BatchNorm's running statistics to their average over some training batches."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    dm.setup()
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    module.train()
+    for i, batch in enumerate(dm.loader("train")):
+        if i == batches:
+            break
+        module(dm.normalise(batch["image"]))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    module.eval()
