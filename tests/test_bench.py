@@ -93,3 +93,18 @@ def test_cli_rejects_unknown_names(capsys) -> None:  # type: ignore[no-untyped-d
 
     assert main(["--impls", "loop,fast", "--sections", "steps"]) == 2
     assert "unknown impl fast" in capsys.readouterr().err
+
+
+def test_channels_last_option_of_the_modules() -> None:
+    """``++model.channels_last=true`` stores NHWC conv weights and changes no result."""
+    from mimic_runner.bench.steps import build_module, random_batch
+
+    torch.manual_seed(0)
+    a = build_module(model_overrides("expl_ensemble", "small_cnn", 2, "loop")).eval()
+    torch.manual_seed(0)
+    b = build_module(model_overrides("expl_ensemble", "small_cnn", 2, "loop",
+                                     channels_last=True)).eval()
+    w = b.net.backbones[0].stages[1][1][0].weight  # (32, 16, 3, 3): NCHW != NHWC strides
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    x = random_batch(2, 32)["image"]
+    torch.testing.assert_close(b(x).logits, a(x).logits, rtol=1e-4, atol=1e-5)

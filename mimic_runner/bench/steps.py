@@ -47,9 +47,12 @@ def compose_config(overrides: Sequence[str]) -> Any:
 
 
 def model_overrides(model: str, backbone: str, ensemble_size: int | None = None,
-                    impl: str | None = None) -> list[str]:
-    """Hydra overrides selecting a model, backbone and (for ensembles) N and the strategy."""
+                    impl: str | None = None, channels_last: bool = False) -> list[str]:
+    """Hydra overrides selecting a model, backbone, memory format and (for ensembles) N and
+    the strategy."""
     ov = [f"model={model}", f"backbone={backbone}"]
+    if channels_last:
+        ov.append("++model.channels_last=true")
     if model in ENSEMBLES:
         if ensemble_size is not None:
             ov.append(f"model.ensemble_size={ensemble_size}")
@@ -107,7 +110,10 @@ def quiet_logging() -> Iterator[None]:
 
 @dataclass
 class TrainStep:
-    """A LightningModule, its optimizer and a batch: ``step()`` runs one training step."""
+    """A LightningModule, its optimizer and a batch: ``step()`` runs one training step.
+
+    ``channels_last`` only records how the module was built (``model.channels_last``).
+    """
 
     module: Any
     batch: dict[str, Tensor]
@@ -118,11 +124,6 @@ class TrainStep:
 
     def __post_init__(self) -> None:
         self.module.to(self.device).train()
-        if self.channels_last:
-            self.module.to(memory_format=torch.channels_last)
-            self.batch = dict(self.batch)
-            self.batch["image"] = self.batch["image"].contiguous(
-                memory_format=torch.channels_last)
         opt = self.module.configure_optimizers()
         self.optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
 
@@ -145,6 +146,8 @@ def make_step(model: str, backbone: str, device: torch.device | str = "cpu",
               seed: int = 0) -> TrainStep:
     """Build the module for ``model``/``backbone`` (seeded) and a matching batch on ``device``."""
     torch.manual_seed(seed)
-    module = build_module(model_overrides(model, backbone, ensemble_size, impl), shape)
+    # channels_last: the modules' own option (NHWC weights); the batch stays NCHW as loaded.
+    module = build_module(model_overrides(model, backbone, ensemble_size, impl, channels_last),
+                          shape)
     batch = random_batch(batch_size, size, shape, device, seed)
     return TrainStep(module, batch, torch.device(device), precision, channels_last)
