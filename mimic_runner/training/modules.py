@@ -58,6 +58,7 @@ class ExplainedClassifier(L.LightningModule):
         explain_layer: int = -1,
         maps: tuple[str, ...] = (),
         nss_variant: str = "auto",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if explain_target not in ("pred", "label"):
@@ -69,6 +70,8 @@ class ExplainedClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.net = self.build_net(backbone, in_channels, num_classes, explain_layer)
+        if channels_last:  # NHWC conv weights: ~30% faster small_cnn steps on CPU (BENCHMARKS.md)
+            self.net.to(memory_format=torch.channels_last)
         kw = {"num_classes": num_classes}
         self.val_metrics = MetricCollection({
             "acc": MulticlassAccuracy(average="micro", **kw),
