@@ -81,3 +81,13 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path, model: list[str]
     # Resuming a finished run trains nothing.
     r = run_cli(["mimic-run", *args, "resume=true"], cwd=killed)
     assert r.returncode == 0 and "skip" in r.stderr
+
+
+def test_merge_epoch_logs_keeps_the_history_before_the_resumed_epoch() -> None:
+    from mimic_runner.training.run import merge_epoch_logs
+
+    earlier = [{"epoch": "0", "val/acc": "0.1"}, {"epoch": "1", "val/acc": "0.2"},
+               {"epoch": "", "note": "no epoch"}]
+    resumed = [{"epoch": "1", "val/acc": "0.25"}, {"epoch": "2", "test/acc": "0.3"}]
+    assert merge_epoch_logs(earlier, resumed) == [{"epoch": "0", "val/acc": "0.1"}, *resumed]
+    assert merge_epoch_logs([], resumed) == resumed

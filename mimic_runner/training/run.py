@@ -7,6 +7,8 @@ summary (a Hydra callback), and the GPU/thread share of a job under the ``local`
 from __future__ import annotations
 
 import contextlib
+import csv
+import math
 import os
 import shutil
 import sys
@@ -24,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mimic_runner.errors import UserError
-from mimic_runner.io import read_json, write_json
+from mimic_runner.io import atomic_path, read_json, write_json
 
 # torch and Lightning are imported where a run trains: the launching process (which only
 # hosts the sweep summary) and skipped jobs then start in a fraction of the time.
@@ -75,6 +77,10 @@ def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = build_module(cfg, dm)
     trainer = build_trainer(cfg, run_dir, module)
 
+    # Lightning's CSV logger deletes an existing metrics.csv; a resumed run keeps its history.
+    csv_log = run_dir / "csv" / "metrics.csv"
+    earlier = read_csv_rows(csv_log) if ckpt_path is not None else []
+
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - t0
@@ -102,8 +108,45 @@ def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             run_dir)) if has_best else None,
         "device": str(module.device),
     })
+    if earlier and csv_log.exists():
+        write_csv_rows(csv_log, merge_epoch_logs(earlier, read_csv_rows(csv_log)))
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _epoch(row: dict[str, str]) -> float | None:
+    try:
+        e = float(row.get("epoch") or "nan")
+    except ValueError:
+        return None
+    return e if math.isfinite(e) else None
+
+
+def merge_epoch_logs(earlier: list[dict[str, str]], resumed: list[dict[str, str]]
+                     ) -> list[dict[str, str]]:
+    """A killed run's per-epoch rows before the epoch the resumed run starts at, then the
+    resumed run's rows (rows of the epoch the kill interrupted are dropped). Rows the logger
+    had not flushed yet (it writes every ``flush_logs_every_n_steps``) died with the run."""
+    start = min((e for e in map(_epoch, resumed) if e is not None), default=math.inf)
+    kept = [r for r in earlier if (e := _epoch(r)) is not None and e < start]
+    return kept + resumed
 
 
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
