@@ -65,9 +65,10 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
         t = Table(title=f"Data loading: {d['dataset']} train loader, batch {d['batch_size']}, "
                         f"{d['num_workers']} workers: {s['median']:.0f} img/s "
                         f"(IQR {s['q1']:.0f}–{s['q3']:.0f}); setup {d['setup_seconds']:.1f} s")
-        for col in ("consumer (CPU step)", "backbone", "model img/s", "data / model"):
+        for col in ("device", "consumer (training step)", "backbone", "model img/s",
+                    "data / model"):
             t.add_column(col)
         for c in d["consumers"]:
-            t.add_row(c["case"], c["backbone"], f"{c['images_per_s']:.1f}",
+            t.add_row(c["device"], c["case"], c["backbone"], f"{c['images_per_s']:.1f}",
                       f"{c['data_over_model']:.0f}x")
         console.print(t)

@@ -184,7 +184,11 @@ def run_gradcam(opt: BenchOptions, device: str) -> dict[str, Any]:
 
 
 def run_data(opt: BenchOptions, step_rows: list[dict]) -> dict[str, Any]:
-    """Train-loader images/s (default data) against what the measured CPU steps consume."""
+    """Train-loader images/s (default data) against what the measured steps consume.
+
+    The loader runs in the training process on the host (``num_workers`` of the config), so
+    its rate is compared with every measured step, CPU or GPU.
+    """
     from mimic_runner.bench.data import build_datamodule, epoch_seconds
 
     dm = build_datamodule([*opt.data_overrides, f"data.batch_size={opt.batch_size}"])
@@ -200,8 +204,8 @@ def run_data(opt: BenchOptions, step_rows: list[dict]) -> dict[str, Any]:
                            "setup_seconds": dm.setup_seconds, "images_per_s": st.as_dict(),
                            "load_average": timing.load_average(), "consumers": []}
     for row in step_rows:
-        if row["model"] in ("baseline", "expl_ensemble") and row["device"] == "cpu":
-            res["consumers"].append({
+        if row["model"] in ("baseline", "expl_ensemble"):
+            res["consumers"].append({"device": row["device"],
                 "case": _case_name(row["model"], row["n"], row["impl"], row["precision"],
                                    row["channels_last"]),
                 "backbone": row["backbone"], "images_per_s": row["images_per_s"],
