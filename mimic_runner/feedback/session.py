@@ -76,7 +76,6 @@ class FeedbackSession:
         self.dm = loaded.datamodule
         self.workspace = Path(workspace) if workspace else self.run_dir / "feedback"
         self.store = FeedbackStore(self.workspace / "feedback.sqlite")
-        self.store.initialise(loaded.checkpoint, loaded.metrics or {}, author=author)
         self.author = author
         self.class_names = list(self.dm.class_names)
         self.index: dict[str, ImageRef] = {}
@@ -86,6 +85,13 @@ class FeedbackSession:
                 self.index[key] = ImageRef(key, split, row)
         self._models: OrderedDict[int, AttentionBranchModule] = OrderedDict()
         self._lock = threading.RLock()
+        if not self.store.versions():
+            # Version 1 gets the run's metrics plus the held-out measures that candidates
+            # record, so that the history compares like with like.
+            from mimic_runner.feedback.diff import evaluate_version
+
+            metrics = {**(loaded.metrics or {}), **evaluate_version(self, loaded.module, "val")}
+            self.store.initialise(loaded.checkpoint, metrics, author=author)
         first = self.store.version(1)
         self._models[1] = self._prepare(loaded.module, first)
 

@@ -146,6 +146,12 @@ function drawRoi(ctx, roi, selected, preview = false) {
     pts.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
     if (!preview) ctx.closePath();
   }
+  ctx.save();  // a dark halo keeps the outline visible on any image or colour map
+  ctx.setLineDash([]);
+  ctx.lineWidth += 2;
+  ctx.strokeStyle = "rgba(0, 0, 0, 0.55)";
+  ctx.stroke();
+  ctx.restore();
   ctx.stroke();
   if (selected) {
     ctx.fillStyle = "rgba(255, 214, 0, 0.18)";
@@ -222,8 +228,20 @@ async function loadAttention() {
   const q = version ? `?version=${version}` : "";
   const px = await loadPixels(`/api/images/${enc(state.imageId)}/attention.png${q}`);
   const values = attentionValues(px);
-  state.attention = { w: px.w, h: px.h, values, colour: mapCanvas(values, px.w, px.h, heat) };
   state.attentionVersion = version || (state.status ? state.status.current.id : null);
+  state.attention = { w: px.w, h: px.h, values };
+  colourAttention();
+}
+
+function colourAttention() {
+  const a = state.attention;
+  if (!a) return;
+  let lo = Infinity, hi = -Infinity;
+  for (const v of a.values) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  const stretch = $("#stretch").checked && hi > lo;
+  const colour = stretch ? (v) => heat((v - lo) / (hi - lo)) : heat;
+  a.colour = mapCanvas(a.values, a.w, a.h, colour);
+  $("#attention-range").textContent = `v${state.attentionVersion}: ${lo.toFixed(2)}–${hi.toFixed(2)}${stretch ? " (stretched)" : ""}`;
   render();
 }
 
@@ -474,7 +492,7 @@ function row(table, cells, cls) {
   const tr = document.createElement("tr");
   if (cls) tr.className = cls;
   cells.forEach((c, i) => {
-    const td = document.createElement(i === 0 && table.dataset.head ? "th" : "td");
+    const td = document.createElement("td");
     td.textContent = c;
     if (i > 0) td.className = "num";
     tr.appendChild(td);
@@ -483,20 +501,34 @@ function row(table, cells, cls) {
   return tr;
 }
 
+function header(table, cells) {
+  const tr = document.createElement("tr");
+  for (const c of cells) {
+    const th = document.createElement("th");
+    th.textContent = c;
+    tr.appendChild(th);
+  }
+  table.appendChild(tr);
+}
+
 async function showDiff() {
   const d = await api("GET", "/api/diff?heldout=val");
   state.diff = d;
   const t = $("#diff-summary");
   t.innerHTML = "";
-  row(t, ["", `v${d.before_version}`, `v${d.after_version}`, "Δ"]).className = "head";
+  header(t, ["", `v${d.before_version}`, `v${d.after_version}`, "Δ"]);
   const fb = d.feedback, ho = d.heldout;
   const add = (label, ba, digits = 3) => ba && row(t, [label, fmt(ba.before, digits), fmt(ba.after, digits), fmt(ba.delta, digits)]);
   add(`feedback (${fb.n_images} img): share in "look here"`, fb.include_share);
   add("feedback: share in \"not here\"", fb.exclude_share);
   add("feedback: share on confounder", fb.confounder_share);
+  add("feedback: mean M in \"look here\"", fb.include_attention);
+  add("feedback: mean M in \"not here\"", fb.exclude_attention);
   add("feedback: accuracy", fb.accuracy);
   add(`${ho.split} (${ho.n_images} img): accuracy`, ho.accuracy);
   add(`${ho.split}: share on confounder`, ho.confounder_share);
+  add(`${ho.split}: mean M on confounder`, ho.confounder_attention);
+  add(`${ho.split}: mean M`, ho.attention_mean);
   row(t, [`${ho.split}: prediction changes`, "", String(ho.prediction_changes), ""]);
   row(t, [`${ho.split}: mean |ΔM|`, "", fmt(ho.mean_abs_attention_change, 4), ""]);
   $("#diff").hidden = false;
@@ -512,6 +544,7 @@ async function renderDiffMaps() {
     loadPixels(`/api/images/${id}/attention.png?version=${d.after_version}`)]);
   const vb = attentionValues(b), va = attentionValues(a);
   const delta = va.map((x, i) => x - vb[i]);
+  const peak = delta.reduce((m, x) => Math.max(m, Math.abs(x)), 0) || 1;
   const draw = (sel, src) => {
     const c = $(sel), ctx = c.getContext("2d");
     ctx.imageSmoothingEnabled = false;
@@ -520,7 +553,8 @@ async function renderDiffMaps() {
   };
   draw("#diff-before", mapCanvas(vb, b.w, b.h, heat));
   draw("#diff-after", mapCanvas(va, a.w, a.h, heat));
-  draw("#diff-delta", mapCanvas(delta, a.w, a.h, diverging));
+  draw("#diff-delta", mapCanvas(delta, a.w, a.h, (x) => diverging(x / peak)));
+  $("#diff-delta-caption").textContent = `after − before (±${peak.toFixed(3)})`;
   $("#diff-before-caption").textContent = `before (v${d.before_version})`;
   $("#diff-after-caption").textContent = `after (v${d.after_version})`;
 }
@@ -549,13 +583,15 @@ async function refreshStatus() {
   $("#version-badge").dataset.current = s.current.id;
   const t = $("#versions");
   t.innerHTML = "";
-  row(t, ["id", "parent", "status", "created", "sha256", "held-out acc"]).className = "head";
+  header(t, ["version", "parent", "status", "created", "sha256", "held-out acc"]);
   for (const v of [...s.versions].reverse()) {
     const m = v.metrics || {};
-    const acc = m.heldout_split ? m[`${m.heldout_split}/acc`] : m["test/acc"];
-    const tr = row(t, [`v${v.id}${v.current ? " (current)" : ""}`, v.parent ? `v${v.parent}` : "–",
-      v.status, v.created.slice(0, 19).replace("T", " "), v.sha256.slice(0, 12), fmt(acc)],
-    v.current ? "current" : "");
+    const split = m.heldout_split || "test";
+    const acc = m[`${split}/acc`];
+    const tr = row(t, [`v${v.id}${v.current ? " ●" : ""}`, v.parent ? `v${v.parent}` : "–",
+      v.status.replace("_", " "), v.created.slice(11, 19), v.sha256.slice(0, 10),
+      acc === undefined ? "–" : fmt(acc)], v.current ? "current" : "");
+    tr.title = `created ${v.created}; sha256 ${v.sha256}; accuracy on ${split}`;
     tr.dataset.version = v.id;
     tr.dataset.status = v.status;
   }
@@ -600,6 +636,7 @@ async function init() {
     $("#canvases").classList.toggle("overlay", r.value === "overlay");
     render();
   }));
+  $("#stretch").addEventListener("change", colourAttention);
   $("#opacity").addEventListener("input", (e) => { state.opacity = Number(e.target.value); render(); });
   $("#zoom-in").addEventListener("click", () => zoomAt(1.25));
   $("#zoom-out").addEventListener("click", () => zoomAt(0.8));
