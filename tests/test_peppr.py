@@ -12,6 +12,7 @@ from torch import nn
 from mimic_runner.explain.global_maps import global_explanations
 from mimic_runner.explain.peppr import (
     METRICS,
+    PerturbationResult,
     curve_auc,
     gaussian_blur,
     inverse_ranks,
@@ -291,3 +292,41 @@ def test_region_constant_used_by_tests_is_small() -> None:
     # The square covers less than one 5 % step, which the checks above rely on.
     assert (REGION[0].stop - REGION[0].start) * (REGION[1].stop - REGION[1].start) > 29
     assert (REGION[0].stop - REGION[0].start) * (REGION[1].stop - REGION[1].start) < 58
+
+
+def _result(p_true: torch.Tensor) -> PerturbationResult:
+    """A result whose probability of the true class (class 0) is ``p_true`` (S, N)."""
+    probs = torch.stack([p_true, 1 - p_true], dim=-1)
+    n = p_true.shape[1]
+    return PerturbationResult(probs=probs, labels=torch.zeros(n, dtype=torch.long),
+                              reference=torch.zeros(n, dtype=torch.long))
+
+
+def test_gap_standard_error_over_images_decides_the_verdict() -> None:
+    k = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    base = torch.full((3, n), 0.5)
+    rnd = {f"r{s}": {"erase": _result(base), "restore": _result(base)} for s in range(2)}
+    # Noisy: per-image differences of ±0.3 with a mean of about 0 -> ≈ random.
+    noise = (torch.randint(0, 2, (n,), generator=g) * 2 - 1) * 0.3
+    noisy = base.clone()
+    noisy[1] = 0.5 + noise
+    # Consistent: every image 0.1 lower when erased, 0.1 higher when restored -> faithful.
+    low, high = base.clone(), base.clone()
+    low[1], high[1] = 0.4, 0.6
+    results = {**rnd, "noisy": {"erase": _result(noisy), "restore": _result(2 * base - noisy)},
+               "good": {"erase": _result(low), "restore": _result(high)}}
+    s = summarise_peppr(k, results, list(rnd), metric="p_true")
+    # Per-image AUC difference = 0.5 · (random − ranking) at the middle step (trapezoid weight).
+    d = 0.5 * -noise.double()
+    assert s["gap_se"]["noisy"]["erase"]["p_true"] == pytest.approx(
+        float(d.std(correction=1)) / n**0.5, rel=1e-6)
+    assert s["gap_to_random"]["noisy"]["erase"]["p_true"] == pytest.approx(float(d.mean()),
+                                                                    abs=1e-6)
+    assert s["verdicts"]["p_true"]["noisy"] == "≈ random"
+    assert s["verdicts"]["p_true"]["good"] == "faithful"
+    assert s["gap_to_random"]["good"]["erase"]["p_true"] == pytest.approx(0.05)
+    assert s["gap_se"]["good"]["erase"]["p_true"] == pytest.approx(0.0, abs=1e-9)
+    assert s["tolerance"]["good"]["erase"] == pytest.approx(0.01)  # the floor
+    assert "5.0 ± 0.0 points lower" in reading("good", s)

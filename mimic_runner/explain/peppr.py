@@ -41,6 +41,7 @@ __all__ = [
     "is_symmetric",
     "mirror_result",
     "peppr_curves",
+    "per_image_auc",
     "perturb",
     "predict_batched",
     "random_patch_ranks",
@@ -365,6 +366,11 @@ def peppr_curves(
     return results
 
 
+def per_image_auc(fractions: Tensor, result: PerturbationResult, metric: str) -> Tensor:
+    """(N,) area under each image's own curve of ``metric`` (its mean height over k)."""
+    return curve_auc(fractions, result.per_image(metric).double().T)
+
+
 def summarise_peppr(
     fractions: Tensor,
     results: Mapping[str, Mapping[str, PerturbationResult]],
@@ -378,11 +384,14 @@ def summarise_peppr(
     Args:
         fractions: (S,) erased/restored fraction of pixels per step, 0 to 1.
         results: ``{name: {"erase": ..., "restore": ...}}`` from :func:`peppr_curves` (plus
-            mirrored controls).
+            mirrored controls), all on the same N images.
         random_names: the names in ``results`` that are random-order seeds.
         metric: the one of :data:`METRICS` that the verdict is based on.
-        min_gap, spread_factor: a gap counts when it exceeds
-            ``max(min_gap, spread_factor · std of the random seeds' AUCs)``.
+        min_gap, spread_factor: a gap counts when it exceeds its tolerance
+            ``max(min_gap, spread_factor · se, spread_factor · seed_std)``: ``se`` is the
+            standard error of the gap over images (paired: the per-image differences between
+            the random seeds' mean curve and the ranking's curve, ``std / sqrt(N)``), and
+            ``seed_std`` the std of the random seeds' AUCs.
 
     Returns:
         A JSON-ready dict: ``auc[name][mode][metric]`` (mean height of the curve, in the
@@ -391,10 +400,11 @@ def summarise_peppr(
         erasing a random k % and restoring a random 1 − k % leave the same kind of image),
         ``random[mode][metric]`` = {mean, std, n}, ``gap_to_random[name][mode][metric]``
         (positive = better than random: ``random − erase`` and ``restore − random``),
-        ``verdict[name]`` on ``metric`` (``faithful``: both gaps beyond the tolerance;
+        ``gap_se[name][mode][metric]``, ``tolerance[name][mode]`` (on ``metric``),
+        ``verdict[name]`` on ``metric`` (``faithful``: both gaps beyond their tolerance;
         ``anti-faithful``: both beyond it the wrong way; ``partly faithful
-        (erasing|restoration)``; ``≈ random``), ``tolerance[mode]``, ``metric``, and the same
-        for every metric in ``verdicts[metric][name]`` and ``tolerances[metric][mode]``.
+        (erasing|restoration)``; ``≈ random``), ``metric``, and ``verdicts[metric][name]``
+        for every metric.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -412,27 +422,39 @@ def summarise_peppr(
         out["verdict"] = {n: "no random control (0 seeds)" for n in auc}
         return out
     random: dict[str, dict[str, dict[str, float]]] = {}
+    random_per_image: dict[tuple[str, str], Tensor] = {}
     for m in modes:
         random[m] = {}
         for k in METRICS:
             v = torch.tensor([auc[n][m][k] for n in rnd], dtype=torch.float64)
             std = float(v.std(correction=1)) if len(v) > 1 else 0.0
             random[m][k] = {"mean": float(v.mean()), "std": std, "n": len(v)}
-    tol = {k: {m: max(min_gap, spread_factor * random[m][k]["std"]) for m in modes}
-           for k in METRICS}
+            random_per_image[m, k] = torch.stack(
+                [per_image_auc(fractions, results[n][m], k) for n in rnd]).mean(0)
     gaps: dict[str, dict[str, dict[str, float]]] = {}
+    ses: dict[str, dict[str, dict[str, float]]] = {}
+    tols: dict[str, dict[str, dict[str, float]]] = {}
     verdicts: dict[str, dict[str, str]] = {k: {} for k in METRICS}
     for name in auc:
         if name in rnd:
             continue
-        gaps[name] = {m: {k: (random[m][k]["mean"] - auc[name][m][k]) if m == "erase"
-                          else (auc[name][m][k] - random[m][k]["mean"]) for k in METRICS}
-                      for m in modes}
+        gaps[name], ses[name], tols[name] = {}, {}, {}
+        for m in modes:
+            sign = 1.0 if m == "erase" else -1.0  # positive = better than random
+            gaps[name][m], ses[name][m], tols[name][m] = {}, {}, {}
+            for k in METRICS:
+                d = sign * (random_per_image[m, k] - per_image_auc(fractions, results[name][m], k))
+                se = float(d.std(correction=1) / len(d) ** 0.5) if len(d) > 1 else 0.0
+                gaps[name][m][k] = sign * (random[m][k]["mean"] - auc[name][m][k])
+                ses[name][m][k] = se
+                tols[name][m][k] = max(min_gap, spread_factor * se,
+                                       spread_factor * random[m][k]["std"])
         for k in METRICS:
-            verdicts[k][name] = _verdict({m: gaps[name][m][k] for m in modes}, tol[k])
-    verdict = verdicts[metric]
-    out.update(random=random, gap_to_random=gaps, verdict=verdict, tolerance=tol[metric],
-               verdicts=verdicts, tolerances=tol)
+            verdicts[k][name] = _verdict({m: gaps[name][m][k] for m in modes},
+                                         {m: tols[name][m][k] for m in modes})
+    out.update(random=random, gap_to_random=gaps, gap_se=ses, verdict=verdicts[metric],
+               tolerance={n: {m: t[m][metric] for m in modes} for n, t in tols.items()},
+               verdicts=verdicts)
     return out
 
 
@@ -465,12 +487,13 @@ def reading(name: str, summary: Mapping[str, object], what: str | None = None) -
         auc = summary["auc"][name]  # type: ignore[index]
         return (f"{what}: {metric} AUC erasing {auc['erase'][metric]:.3f}, restoration "
                 f"{auc['restore'][metric]:.3f} (no random control to compare with)")
-    rnd = summary["random"]  # type: ignore[index]
+    se = summary["gap_se"][name]  # type: ignore[index]
     e, r = gaps["erase"][metric] * 100, gaps["restore"][metric] * 100
-    spread = max(rnd["erase"][metric]["std"], rnd["restore"][metric]["std"]) * 100
+    se_e, se_r = se["erase"][metric] * 100, se["restore"][metric] * 100
     erase_words = "lower" if e >= 0 else "higher"
     restore_words = "higher" if r >= 0 else "lower"
-    return (f"erasing the pixels {what} ranks highest first leaves {words} {abs(e):.1f} points "
-            f"{erase_words} than random order (mean over k), restoring them first "
-            f"{abs(r):.1f} points {restore_words} (random seeds' spread ±{spread:.1f}): "
+    return (f"erasing the pixels {what} ranks highest first leaves {words} {abs(e):.1f} ± "
+            f"{se_e:.1f} points {erase_words} than random order (mean over k, ± standard error "
+            f"over images), restoring them first {abs(r):.1f} ± {se_r:.1f} points "
+            f"{restore_words}: "
             f"{verdict}")

@@ -493,8 +493,11 @@ def run_peppr(opts: PepprOptions) -> dict[str, Any]:
     images = dm.splits[opts.split].tensors["image"][loc.indices].to(device)
     labels = loc.labels.to(device)
 
+    # NHWC is 1.5-2x faster for these convolutions on CPU (oneDNN), and no slower on GPU.
+    module.to(memory_format=torch.channels_last)
+
     def predict(x: Tensor) -> Tensor:
-        return module(x).logits
+        return module(x.contiguous(memory_format=torch.channels_last)).logits
 
     def normalise(x: Tensor) -> Tensor:
         assert dm.mean is not None and dm.std is not None
@@ -600,15 +603,19 @@ def print_peppr_summary(record: dict[str, Any], summary: dict[str, Any],
         table.add_column(col, justify="left" if col in ("ranking", "verdict") else "right",
                          no_wrap=True)
     auc, gaps = summary["auc"], summary.get("gap_to_random", {})
+    ses = summary.get("gap_se", {})
+
+    def gap(name: str, mode: str) -> str:
+        if name not in gaps:
+            return "—"
+        return f"{gaps[name][mode][metric]:+.3f}±{ses[name][mode][metric]:.3f}"
+
     for name in auc:
         if name in random_names:
             continue
         a = auc[name]
-        gp = gaps.get(name)
         table.add_row(name, f"{a['erase'][metric]:.3f}", f"{a['restore'][metric]:.3f}",
-                      f"{a['peppr'][metric]:+.3f}",
-                      "—" if gp is None else f"{gp['erase'][metric]:+.3f}",
-                      "—" if gp is None else f"{gp['restore'][metric]:+.3f}",
+                      f"{a['peppr'][metric]:+.3f}", gap(name, "erase"), gap(name, "restore"),
                       summary["verdict"].get(name, ""))
     if "random" in summary:
         r = summary["random"]
