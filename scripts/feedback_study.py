@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="feedback-study", help="study folder")
     p.add_argument("--run-dir", default=None, help="reuse this attention_branch run")
+    p.add_argument("--data", default="synth_cxr", help="a synthetic data config with gaze and "
+                   "a confounder: synth_cxr (default) or synth_smear")
     p.add_argument("--n", type=int, default=1200, help="synthetic images (train 70%%)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=6, help="initial training epochs")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"training model=attention_branch ({args.n} images, {args.image_size} px, "
               f"{args.epochs} epochs) ...", file=sys.stderr)
         run_dir = train_run(out / "train", [
-            "model=attention_branch", f"data.synth.params.n={args.n}",
+            "model=attention_branch", f"data={args.data}", f"data.synth.params.n={args.n}",
             f"data.image_size={args.image_size}", f"trainer.max_epochs={args.epochs}",
             f"seed={args.seed}"])
     train_seconds = time.perf_counter() - t0

@@ -349,3 +349,22 @@ def test_full_flow_through_the_api(client: TestClient, session: FeedbackSession,
     assert [v["status"] for v in back["versions"]] == ["accepted", "rolled_back"]
     actions = [e["action"] for e in client.get("/api/events").json()]
     assert actions[:3] == ["rollback", "accept", "candidate"]
+
+
+def test_rgb_dataset(tmp_path: Path) -> None:
+    """The blood-smear set (RGB cells): RGB PNGs, regions and a retraining step work the same."""
+    pytest.importorskip("mimic_runner.data.synth_smear", reason="synth_smear not available")
+    from mimic_runner.feedback.retrain import RetrainParams, retrain
+
+    run = untrained_run(tmp_path / "smear-run", ["model=attention_branch", "data=synth_smear",
+                                                 "data.synth.params.n=120"])
+    session = FeedbackSession(run, workspace=tmp_path / "ws")
+    client = TestClient(create_app(session))
+    assert client.get("/api/info").json()["channels"] == 3
+    image_id = client.get("/api/images").json()["items"][0]["id"]
+    png = Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/image.png").content))
+    assert png.mode == "RGB"
+    assert np.array_equal(np.asarray(png), session.image_uint8(image_id).transpose(1, 2, 0))
+    assert client.post("/api/rois", json={"rois": [_rect(image_id)]}).status_code == 201
+    cand = retrain(session, RetrainParams(epochs=1, max_batches=1))
+    assert cand["status"] == "candidate"

@@ -104,6 +104,10 @@ def test_feedback_page_end_to_end(server: dict[str, Any]) -> None:
     api, session = server["api"], server["session"]
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        # Without the token the page is refused (a separate page: its console error is expected).
+        refused = browser.new_page()
+        assert refused.goto(server["url"] + "/").status == 401
+        refused.close()
         page = browser.new_page(viewport={"width": 1480, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -113,9 +117,7 @@ def test_feedback_page_end_to_end(server: dict[str, Any]) -> None:
         page.on("request", lambda r: external.append(r.url)
                 if not r.url.startswith(server["url"]) else None)
         try:
-            # Without the token the page is refused; /?token= sets the cookie.
-            assert page.goto(server["url"] + "/").status == 401
-            errors.clear()  # the browser logs that refusal as a console error
+            # /?token= sets the cookie and redirects to the page.
             page.goto(f"{server['url']}/?token={TOKEN}")
             page.wait_for_selector("body[data-ready='1']", timeout=60_000)
             first = page.locator("#image-list button").first
@@ -183,6 +185,8 @@ def test_feedback_page_end_to_end(server: dict[str, Any]) -> None:
 
             page.check("input[name='view'][value='overlay']")
             page.locator("#opacity").fill("0.7")
+            page.check("#stretch")
+            assert "(stretched)" in page.locator("#attention-range").inner_text()
             assert not page.locator("#attention-canvas").is_visible()
             _shot(page, "04-overlay")
             page.check("input[name='view'][value='side']")
@@ -224,6 +228,7 @@ def test_feedback_page_end_to_end(server: dict[str, Any]) -> None:
             assert page.locator("#versions tr[data-version='2']").get_attribute(
                 "data-status") == "rolled_back"
             assert "rolled back version 2" in page.locator("#status").inner_text()
+            assert page.locator("#diff").is_hidden()  # stale differences are not left on show
             _shot(page, "08-rolled-back")
         finally:
             if errors or external:

@@ -559,9 +559,17 @@ async function renderDiffMaps() {
   $("#diff-after-caption").textContent = `after (v${d.after_version})`;
 }
 
+function clearDecisionViews() {  // differences and retraining messages are stale after a decision
+  state.diff = null;
+  $("#diff").hidden = true;
+  $("#retrain-message").textContent = "";
+  $("#retrain-progress").value = 0;
+}
+
 async function accept() {
   if (!window.confirm("Accept the candidate? It becomes the current model.")) return;
   const r = await api("POST", "/api/accept", {});
+  clearDecisionViews();
   await refreshStatus();
   await loadAttention();
   setStatus(`accepted: version ${r.current.id} is current`);
@@ -570,6 +578,7 @@ async function accept() {
 async function rollback() {
   if (!window.confirm("Roll back? A pending candidate is discarded; otherwise the previous accepted version becomes current again.")) return;
   const r = await api("POST", "/api/rollback", {});
+  clearDecisionViews();
   await refreshStatus();
   await loadAttention();
   setStatus(`rolled back version ${r.rolled_back.id}: version ${r.current.id} is current`);
@@ -583,7 +592,7 @@ async function refreshStatus() {
   $("#version-badge").dataset.current = s.current.id;
   const t = $("#versions");
   t.innerHTML = "";
-  header(t, ["version", "parent", "status", "created", "sha256", "held-out acc"]);
+  header(t, ["version", "parent", "status", "created", "sha256", "acc"]);
   for (const v of [...s.versions].reverse()) {
     const m = v.metrics || {};
     const split = m.heldout_split || "test";
