@@ -16,20 +16,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mimic-report",
         description="Collect the runs under RUNS_DIR (any folder with .hydra/config.yaml) and "
-                    "write the paper's Tables 1-2 (rows, mean ± std, 95%% CI, paired t-tests) "
+                    "write the paper's Tables 1-2 (rows, mean ± std, 95% CI, paired t-tests) "
                     "and Figures 1-4; missing and failed runs are listed, not fatal.")
     p.add_argument("runs_dir", metavar="RUNS_DIR", type=Path)
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: RUNS_DIR/report)")
     p.add_argument("--compare-paper", action="store_true",
                    help="put the published values beside the reproduced ones")
-    p.add_argument("--paper-dir", default=None,
+    p.add_argument("--paper-dir", default=None, metavar="DIR",
                    help="folder with the published table1.csv and table2.csv (default: "
                         "../shared/paper from here or from the repository, else the copy "
                         "shipped with the package)")
-    p.add_argument("--format", default="md,csv,tex",
+    p.add_argument("--format", default="md,csv,tex", metavar="LIST",
                    help="comma-separated table formats: md, csv, tex (default: all)")
-    p.add_argument("--seed-for-samples", type=int, default=0,
+    p.add_argument("--seed-for-samples", type=int, default=0, metavar="S",
                    help="random seed choosing Figure 2's test samples (default: 0)")
     return p
 

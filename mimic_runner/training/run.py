@@ -23,6 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mimic_runner.errors import UserError
@@ -31,7 +32,8 @@ from mimic_runner.io import atomic_path, read_json, write_json
 # torch and Lightning are imported where a run trains: the launching process (which only
 # hosts the sweep summary) and skipped jobs then start in a fraction of the time.
 
-console = Console(stderr=True)
+# soft_wrap: status lines stay whole in logs (grep-able), whatever the width.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _scalar(v: Any) -> Any:
@@ -61,11 +63,11 @@ def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_path = None
     if wants_resume(cfg) and last.exists():
         ckpt_path = str(last)
-        console.print(f"resuming from {last}")
+        console.print(f"resuming from {escape(str(last))}")
     elif ckpt_dir.exists():
         if last.exists():
-            console.print(f"[yellow]{run_dir}: an interrupted run left {last.name}; starting "
-                          "over (pass resume=true to continue it instead)[/yellow]")
+            console.print(f"[yellow]{escape(str(run_dir))}: an interrupted run left {last.name}; "
+                          "starting over (pass resume=true to continue it instead)[/yellow]")
         shutil.rmtree(ckpt_dir)  # stale checkpoints of an earlier run in this folder
     for stale in ("explanations.h5", "member_cams.h5"):
         if ckpt_path is None:
@@ -165,7 +167,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, 
     metrics_path = run_dir / "metrics.json"
     skip = cfg.skip_completed if cfg.skip_completed is not None else multirun
     if metrics_path.exists() and (skip or wants_resume(cfg)):
-        console.print(f"[green]skip[/green] {run_dir}: metrics.json exists (finished run)")
+        console.print(f"[green]skip[/green] {escape(str(run_dir))}: metrics.json exists "
+                      "(finished run)")
         return read_json(metrics_path)
     failed_path = run_dir / "failed.json"
     failed_path.unlink(missing_ok=True)
@@ -192,11 +195,12 @@ def _record_failure(path: Path, exc: BaseException, cfg: DictConfig) -> None:
     write_json(path, {
         "error": f"{type(exc).__name__}: {exc}",
         "traceback": traceback.format_exc(),
-        "model": cfg.model.name,
-        "seed": int(cfg.seed),
+        "model": OmegaConf.select(cfg, "model.name", default=None),
+        "seed": OmegaConf.select(cfg, "seed", default=None),
     })
-    console.print(f"[red]failed[/red] {path.parent}: {type(exc).__name__}: {exc} "
-                  f"(details in {path.name}); continuing with the other runs")
+    console.print(f"[red]failed[/red] {escape(str(path.parent))}: "
+                  f"{escape(f'{type(exc).__name__}: {exc}')} (details in {path.name}); "
+                  "continuing with the other runs")
 
 
 
@@ -288,11 +292,12 @@ class SweepSummary(Callback):
             parts.append(f"[red]{len(out.failed)} failed[/red]")
         if out.incomplete:
             parts.append(f"[yellow]{len(out.incomplete)} incomplete[/yellow]")
-        console.print(f"sweep {sweep_dir}: {out.total} runs: " + ", ".join(parts))
+        console.print(f"sweep {escape(str(sweep_dir))}: {out.total} runs: " + ", ".join(parts))
         for d in out.failed:
-            console.print(f"  [red]failed[/red] {d} (see {d / 'failed.json'})")
+            console.print(f"  [red]failed[/red] {escape(str(d / 'failed.json'))}")
         for d in out.incomplete:
-            console.print(f"  [yellow]incomplete[/yellow] {d} (re-run with resume=true)")
+            console.print(f"  [yellow]incomplete[/yellow] {escape(str(d))} (re-run with "
+                          "resume=true)")
 
 
 # -- the local (joblib) launcher: one GPU per job, or several jobs packed on one ----------------
