@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -36,8 +37,8 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
             m = mfu.get((r["device"], r["backbone"], case))
             tf = "" if m is None else f"{m['achieved_tflops']:.3f}" + (
                 f" ({m['mfu']:.1%})" if m.get("mfu") is not None else "")
-            t.add_row(r["device"], r["backbone"], case, _ms(r["seconds"]), _spread(r["seconds"]),
-                      str(r["seconds"]["n"]), f"{r['images_per_s']:.1f}", tf)
+            t.add_row(r["device"], r["backbone"], escape(case), _ms(r["seconds"]),
+                      _spread(r["seconds"]), str(r["seconds"]["n"]), f"{r['images_per_s']:.1f}", tf)
         console.print(t)
     if result.get("ratios"):
         t = Table(title="Paired ratios (per round, median and IQR)")
@@ -45,7 +46,7 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
             t.add_column(col)
         for r in result["ratios"]:
             s = r["stats"]
-            t.add_row(r["device"], r["backbone"], r["ratio"], f"{r['num']} / {r['den']}",
+            t.add_row(r["device"], r["backbone"], r["ratio"], escape(f"{r['num']} / {r['den']}"),
                       f"{s['median']:.2f}", _spread(s, 1, ".2f"))
         console.print(t)
     for g in result.get("gradcam") or []:
@@ -69,6 +70,6 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
                     "data / model"):
             t.add_column(col)
         for c in d["consumers"]:
-            t.add_row(c["device"], c["case"], c["backbone"], f"{c['images_per_s']:.1f}",
+            t.add_row(c["device"], escape(c["case"]), c["backbone"], f"{c['images_per_s']:.1f}",
                       f"{c['data_over_model']:.0f}x")
         console.print(t)

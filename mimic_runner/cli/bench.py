@@ -67,7 +67,8 @@ def options_from_args(args: argparse.Namespace, console: Console):  # type: igno
     from mimic_runner.errors import UserError
     from mimic_runner.models.ensemble import IMPLS
 
-    opt = BenchOptions(log=lambda msg: console.print(msg, style="dim"))
+    # Case names hold "[...]": print them literally, not as rich markup.
+    opt = BenchOptions(log=lambda msg: console.print(msg, style="dim", markup=False))
     if args.quick:
         opt.backbones, opt.sizes, opt.repeats = ["small_cnn"], [5], 3
         opt.data_epochs = 1
