@@ -7,8 +7,10 @@ that a generator is a pure function of its seed and parameters.
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -18,6 +20,29 @@ from mimic_runner.errors import UserError
 # Corner slots for the shortcut marker, in the order classes are assigned to them:
 # top-left, top-right, bottom-right, bottom-left.
 CORNERS = ("top-left", "top-right", "bottom-right", "bottom-left")
+
+
+def _has_type(value: object, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):  # bool is an int subclass; never accept it as one
+        return False
+    if kind is int:
+        return isinstance(value, (int, np.integer))
+    if kind is float:
+        return isinstance(value, (int, float, np.integer, np.floating))
+    return isinstance(value, kind)
+
+
+def check_types(params: dict[str, Any], generate: Callable[..., Any]) -> None:
+    """Raise a :class:`UserError` unless each parameter has the type of its default.
+
+    ints are accepted where floats are expected; bools only where a bool is.
+    """
+    for name, par in inspect.signature(generate).parameters.items():
+        kind = type(par.default)
+        if not _has_type(params[name], kind):
+            raise UserError(f"{name}={params[name]!r} should be of type {kind.__name__}")
 
 
 def check_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -112,7 +137,7 @@ def letter_l(box: int) -> np.ndarray:
 
 
 def sample_pixels(weights: np.ndarray, k: int, rng: np.random.Generator,
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``k`` pixels per image with replacement, with probability proportional to ``weights``.
 
     ``weights``: non-negative ``(B, H, W)``. Returns ``(rows, cols)`` (B, k) int64 arrays and a
@@ -128,7 +153,27 @@ def sample_pixels(weights: np.ndarray, k: int, rng: np.random.Generator,
     targets = rng.random((b, k)) * total[:, None] + offset
     idx = np.searchsorted((cdf + offset).ravel(), targets.ravel(), side="right")
     idx = np.minimum(idx.reshape(b, k) - np.arange(b)[:, None] * (h * w), h * w - 1)
+    # Round-off can push a draw just past its row's end; give it the row's last positive pixel
+    # so that a zero-weight pixel is never returned.
+    bad = flat[np.arange(b)[:, None], idx] <= 0
+    if bad.any():
+        last = h * w - 1 - np.argmax(flat[:, ::-1] > 0, axis=1)
+        idx = np.where(bad, last[:, None], idx)
     return idx // w, idx % w, total > 0
+
+
+def sample_pixels_coarse(weights: np.ndarray, k: int, rng: np.random.Generator, step: int,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample_pixels` on a ``step``-pixel subgrid, then a uniform jitter within the cell.
+
+    For smooth weight maps this costs ``1 / step²`` as much; a pixel near a region's edge may
+    then fall just outside it, so use it only where that does not matter.
+    """
+    _, h, w = weights.shape
+    rows, cols, ok = sample_pixels(weights[:, step // 2::step, step // 2::step], k, rng)
+    rows = np.minimum(rows * step + rng.integers(0, step, rows.shape), h - 1)
+    cols = np.minimum(cols * step + rng.integers(0, step, cols.shape), w - 1)
+    return rows, cols, ok
 
 
 def far_from_boxes(rows: np.ndarray, cols: np.ndarray, origins: np.ndarray, box: int,
@@ -158,7 +203,7 @@ def fixation_maps(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
     ``gy^T @ gx`` of per-fixation row and column profiles: much cheaper than filtering
     full-size images, and exactly 0 wherever every profile product is 0.
     """
-    b, h, w = shape
+    _, h, w = shape
     radius = truncation_radius(sigma, truncate)
     taps = np.arange(-radius, radius + 1)
     norm = np.exp(-0.5 * (taps / sigma) ** 2).sum()
@@ -176,33 +221,29 @@ def fixation_maps(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
     return gaze, fixations
 
 
-def smooth_noise_bank(rng: np.random.Generator, size: int, sigma: float,
-                      channels: int = 1) -> np.ndarray:
-    """A float32 ``(3 size, 3 size)`` (or ``(channels, 3 size, 3 size)``) field of Gaussian-
-    smoothed noise with unit standard deviation, to crop per-image textures from.
+def smooth_noise_bank(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    """A float32 ``(3 size, 3 size)`` field of Gaussian-smoothed noise with unit standard
+    deviation, to crop per-image textures from with :func:`crop_bank`.
 
-    Filtering one field and cropping it at random offsets (see :func:`crop_bank`) costs far
-    less than filtering a fresh noise image per image.
+    Filtering one field and cropping it at random offsets costs far less than filtering a fresh
+    noise image per image.
     """
-    shape = (channels, 3 * size, 3 * size)
-    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32),
-                                    (0, sigma, sigma), mode="wrap")
+    field = ndimage.gaussian_filter(rng.standard_normal((3 * size, 3 * size), dtype=np.float32),
+                                    sigma, mode="wrap")
     field /= field.std()
-    return field[0] if channels == 1 else field
+    return field
 
 
 def crop_bank(bank: np.ndarray, size: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` random ``size`` x ``size`` crops of ``bank`` (last two axes), randomly flipped.
-
-    Returns float32 ``(count, size, size)`` (or ``(count, C, size, size)`` for a C-channel bank).
-    """
+    """``count`` random ``size`` x ``size`` crops of ``bank``, each randomly flipped in both
+    axes: float32 ``(count, size, size)``."""
     span = bank.shape[-1] - size
     offsets = rng.integers(0, span + 1, (count, 2))
     flips = rng.random((count, 2)) < 0.5
     out = []
     for (r0, c0), (fr, fc) in zip(offsets, flips):
-        crop = bank[..., r0:r0 + size, c0:c0 + size]
-        out.append(crop[..., ::-1 if fr else 1, ::-1 if fc else 1])
+        crop = bank[r0:r0 + size, c0:c0 + size]
+        out.append(crop[::-1 if fr else 1, ::-1 if fc else 1])
     return np.stack(out)
 
 

@@ -11,12 +11,16 @@ A stand-in for the EGD / MIMIC-CXR data of "Learning How to MIMIC" that generate
   some cases are subtle.
 * **Gaze** — a simulated radiologist: a scan path of fixations over lungs and heart, plus, for
   abnormal images, longer fixations on the finding. ``fixations`` marks the fixated pixels and
-  ``gaze`` is the sum of one Gaussian per fixation (weighted by its dwell time), truncated to
-  exactly 0 beyond ``3 sigma``.
-* **Shortcut** — a bright burned-in "L" marker in an image corner, outside the anatomy. In the
-  train split its corner follows the class (``confounder_strength``), in val and test it is
-  random; its pixels are stored as ``confounder``. Fixations closer to the marker than the
-  Gaussians' truncation radius are dropped, so ``gaze`` is exactly 0 on it.
+  ``gaze`` is the sum of one unit-mass Gaussian per fixation weighted by its dwell time,
+  truncated to exactly 0 beyond ``3 sigma`` along either axis (a square support, like the kernel
+  of ``scipy.ndimage.gaussian_filter``).
+* **Shortcut** — a bright burned-in "L" marker in an image corner (top-left, top-right or
+  bottom-right), never on the lungs, heart or findings (see ``jitter``). In the train split,
+  with probability ``confounder_strength`` (s) it sits in its class's corner (Normal: top-left,
+  CHF: top-right, pneumonia: bottom-right) and otherwise in a random one, so the corner predicts
+  the train label with accuracy ``s + (1 - s) / 3``; in val and test the corner is random. Its
+  pixels are stored as ``confounder``. Fixations closer to the marker than the Gaussians'
+  truncation radius are dropped, so ``gaze`` is exactly 0 on it.
 
 Coordinates: anatomy is drawn in normalised image coordinates ``(u, v)`` in ``[-1, 1]``, ``u`` to
 the image right (the patient's left, as in a PA film) and ``v`` downwards.
@@ -43,12 +47,10 @@ def _ramp(dist: np.ndarray, width: float) -> np.ndarray:
     return np.clip(0.5 - dist / width, 0.0, 1.0)
 
 
-def _ellipse(u: np.ndarray, v: np.ndarray, cu: Any, cv: Any, a: Any, b: Any) -> np.ndarray:
+def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, a: float, b: float,
+             ) -> np.ndarray:
     """Approximate signed distance to an axis-aligned ellipse (exact on circles)."""
-    scale = np.minimum(a, b)
-    if np.ndim(scale) == 0:  # a float64 numpy scalar would promote every map to float64
-        scale = np.float32(scale)
-    return (np.sqrt(((u - cu) / a) ** 2 + ((v - cv) / b) ** 2) - 1.0) * scale
+    return (np.sqrt(((u - cu) / a) ** 2 + ((v - cv) / b) ** 2) - 1.0) * np.float32(min(a, b))
 
 
 def generate(
@@ -58,14 +60,14 @@ def generate(
     *,
     confounder_strength: float = 0.9,
     marker: bool = True,
-    marker_size: float = 0.09,
+    marker_size: float = 0.08,
     marker_intensity: float = 0.97,
-    chf_heart_scale: float = 1.18,
+    chf_heart_scale: float = 1.28,
     heart_scale_sd: float = 0.07,
-    chf_haze: float = 0.08,
-    pneumonia_contrast: float = 0.12,
-    pneumonia_radius: float = 0.07,
-    severity_min: float = 0.3,
+    chf_haze: float = 0.16,
+    pneumonia_contrast: float = 0.26,
+    pneumonia_radius: float = 0.1,
+    severity_min: float = 0.5,
     noise: float = 0.05,
     mottle: float = 0.04,
     jitter: float = 1.0,
@@ -96,6 +98,8 @@ def generate(
         noise: standard deviation of the pixel noise (grey levels in [0, 1]).
         mottle: amplitude of the smooth texture over the lungs (hides faint findings).
         jitter: multiplier of the pose jitter (shift, scale, rotation); 0 = perfectly aligned.
+            Up to the default 1, with ``marker_size`` up to its default, the marker never
+            touches the lungs, heart or findings (pose draws are clipped at 2 sd).
         gaze_sigma: gaze Gaussian sigma as a fraction of ``S``.
         gaze_scan_fixations: scan-path fixations per image over lungs and heart.
         gaze_finding_fixations: extra fixations on the finding (abnormal images); Normal
@@ -108,13 +112,10 @@ def generate(
         ``class_names``, ``gaze`` float32 (N, S, S), ``fixations`` bool (N, S, S),
         ``confounder`` bool (N, S, S), ``source``, ``aligned=True`` and ``extra_attrs``.
     """
-    data, _ = generate_with_truth(**_bound_args(locals()))
+    local_vars = locals()
+    data, _ = generate_with_truth(
+        **{k: local_vars[k] for k in inspect.signature(generate).parameters})
     return data
-
-
-def _bound_args(local_vars: dict[str, Any]) -> dict[str, Any]:
-    """``generate``'s arguments from its ``locals()``."""
-    return {k: local_vars[k] for k in inspect.signature(generate).parameters}
 
 
 def generate_with_truth(
@@ -140,14 +141,15 @@ def generate_with_truth(
     labels = common.balanced_labels(n, num_classes, rng)
     split = common.stratified_split(labels, num_classes, p["val_frac"], p["test_frac"], rng)
 
-    # Per-image scalars, drawn up front so each image's pose does not depend on chunking.
+    # Per-image scalars, drawn up front so each image's pose does not depend on chunking. Pose
+    # draws are clipped at 2 sd so that no image's anatomy drifts under a corner marker.
     j = p["jitter"]
-    pose = {
-        "tu": rng.normal(0, 0.03 * j, n), "tv": rng.normal(0, 0.03 * j, n),
-        "scale": 1 + rng.normal(0, 0.035 * j, n),
-        "rot": np.deg2rad(rng.normal(0, 3.0 * j, n)),
-        "lung_w": 1 + rng.normal(0, 0.03 * j, n),
-    }
+
+    def jittered(sd: float) -> np.ndarray:
+        return np.clip(rng.normal(0, sd * j, n), -2 * sd * j, 2 * sd * j)
+
+    pose = {"tu": jittered(0.03), "tv": jittered(0.03), "su": 1 + jittered(0.045),
+            "sv": 1 + jittered(0.035), "rot": np.deg2rad(jittered(3.0))}
     heart_scale = rng.normal(1.0, p["heart_scale_sd"], n)
     heart_scale[labels == CHF] += p["chf_heart_scale"] - 1.0
     heart_scale = np.clip(heart_scale, 0.7, 1.7)
@@ -158,7 +160,7 @@ def generate_with_truth(
     box = max(4, round(p["marker_size"] * size))
     if p["marker"]:
         slots = common.marker_slots(labels, split, p["confounder_strength"], num_classes, rng)
-        margin = round(0.02 * size) + rng.integers(0, round(0.03 * size) + 1, n)
+        margin = round(0.015 * size) + rng.integers(0, round(0.02 * size) + 1, n)
         origins = common.corner_origins(slots, size, box, margin)
     else:
         slots = np.full(n, -1, dtype=np.int64)
@@ -172,23 +174,27 @@ def generate_with_truth(
              for key in ("finding", "lungs", "heart", "body")}
     glyph = common.letter_l(box)
     bank = common.smooth_noise_bank(rng, size, sigma=2.0 * size / 128)
+    atlas = _atlas(2 * size)
+    # Images are rendered grouped by class, so that nearly every chunk holds one class and the
+    # class-specific steps run on whole chunks instead of masked copies.
+    order = np.argsort(labels, kind="stable")
     # One child generator per chunk: per-pixel randomness independent of the other chunks.
     chunk_rngs = rng.spawn(len(common.chunks(n, _CHUNK)))
     for sl, crng in zip(common.chunks(n, _CHUNK), chunk_rngs):
-        idx = np.arange(n)[sl]
+        idx = order[sl]
         texture = common.crop_bank(bank, size, len(idx), crng)
         img, maps = _draw_chunk(p, crng, labels[idx], {k: v[idx] for k, v in pose.items()},
                                 heart_scale[idx], severity[idx],
-                                {k: v[idx] for k, v in look.items()}, texture)
+                                {k: v[idx] for k, v in look.items()}, texture, atlas)
         if p["marker"]:
             conf = common.stamp(img.shape, glyph, origins[idx])
             img[conf] = p["marker_intensity"]
-            confounder[sl] = conf
-        images[sl, 0] = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
-        gaze[sl], fixations[sl] = _simulate_gaze(p, crng, labels[idx], maps,
+            confounder[idx] = conf
+        images[idx, 0] = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+        gaze[idx], fixations[idx] = _simulate_gaze(p, crng, labels[idx], maps,
                                                  origins[idx] if p["marker"] else None, box)
         for key in truth:
-            truth[key][sl] = maps[key]
+            truth[key][idx] = maps[key]
 
     data = {
         "images": images,
@@ -216,6 +222,7 @@ def generate_with_truth(
 
 
 def _validate(p: dict[str, Any]) -> None:
+    common.check_types(p, generate)
     common.check_sizes(p["n"], len(CLASS_NAMES), p["val_frac"], p["test_frac"])
     common.check_range("size", p["size"], 48, 1024)
     for name in ("confounder_strength", "marker_intensity", "severity_min"):
@@ -226,88 +233,142 @@ def _validate(p: dict[str, Any]) -> None:
     for name in ("chf_haze", "pneumonia_contrast", "noise", "mottle"):
         common.check_range(name, p[name], 0.0, 0.5)
     common.check_range("pneumonia_radius", p["pneumonia_radius"], 0.02, 0.2)
-    common.check_range("jitter", p["jitter"], 0.0, 3.0)
+    common.check_range("jitter", p["jitter"], 0.0, 1.5)
     common.check_range("gaze_sigma", p["gaze_sigma"], 0.005, 0.08)
     common.check_range("gaze_scan_fixations", p["gaze_scan_fixations"], 1, 200)
     common.check_range("gaze_finding_fixations", p["gaze_finding_fixations"], 1, 200)
     common.check_range("gaze_finding_dwell", p["gaze_finding_dwell"], 0.1, 20.0)
 
 
+# The atlas covers anatomical coordinates in [-_EXTENT, _EXTENT]^2: enough margin for the pose
+# jitter to never sample outside it (pixels beyond it take the edge value, which is empty air).
+_EXTENT = 1.4
+_EDGE = 0.04  # soft edge width in normalised units (about 2.5 px at 128 px)
+# Atlas layers, in order.
+_BASE, _AIR, _BODY, _INNER, _HAZE = range(5)
+
+
+def _atlas(grid: int) -> np.ndarray:
+    """Pose-independent anatomy on a canonical ``grid`` x ``grid`` raster, float32 (5, grid²).
+
+    Layers: ``_BASE`` density of everything but lung air and heart (body, mediastinum, spine,
+    trachea, ribs, clavicles); ``_AIR`` lung fields outside the mediastinum, in [0, 1];
+    ``_BODY`` body mask; ``_INNER`` 1 well inside the lungs (where consolidations may be
+    centred); ``_HAZE`` the perihilar "bat-wing" haze profile of CHF, restricted to the lungs.
+    Images sample it at their own pose (nearest neighbour on a raster of about half a pixel),
+    which is far cheaper than evaluating every shape for every image.
+    """
+    lin = ((np.arange(grid, dtype=np.float32) + 0.5) / grid * 2 - 1) * _EXTENT
+    u, v = lin[None, :], lin[:, None]
+    au = np.abs(u)
+
+    # Body: torso below sloping shoulders, plus the neck.
+    shoulders = (-1.05 + 0.45 * np.clip(au - 0.22, 0, None)) - v
+    torso = np.maximum(_ellipse(u, v, 0.0, 0.35, 1.0, 1.35), shoulders)
+    body = np.maximum(_ramp(torso, _EDGE), _ramp(au - 0.22, _EDGE))
+    # Lungs (mirrored through |u|): a rounded apex, widening downwards, the bottom cut by the
+    # diaphragm domes (the right one, on the image left, sits higher over the liver) and the
+    # inner edge by the mediastinum.
+    t = np.clip((v + 0.85) / 1.4, 0, 1)
+    half_w = 0.20 + 0.10 * t
+    dv = v + 0.02
+    r = np.sqrt(((au - (0.39 + 0.03 * t)) / half_w) ** 2
+                + np.where(dv < 0, (dv / 0.80) ** 2, (dv / 0.80) ** 6))
+    dome = 0.455 + 0.035 * np.sign(u) + 2.6 * (au - 0.38) ** 2
+    lung_dist = np.maximum(np.maximum((r - 1) * half_w, v - dome), 0.09 - au)
+    upper = np.maximum(au - (0.10 + 0.05 * np.clip(v + 0.7, 0, 1)), np.abs(v + 0.05) - 0.8)
+    mediastinum = _ramp(np.minimum(upper, _ellipse(u, v, 0.13, -0.28, 0.07, 0.07)), _EDGE)
+    air = _ramp(lung_dist, _EDGE) * (1 - mediastinum)
+    spine = _ramp(au - 0.065, _EDGE) * (0.75 + 0.25 * np.cos((2 * np.pi * 7.5) * v))
+    trachea = _ramp(np.maximum(au - 0.028, v + 0.22), _EDGE)
+    # Posterior ribs: bands curving down laterally; clavicles rising towards the shoulders.
+    ribs = np.clip(1.8 * np.cos((2 * np.pi * 5.2) * (v - 0.32 * u * u)) - 0.8, 0, 1)
+    ribs *= _ramp(np.maximum(_ellipse(au, v, 0.40, -0.02, 0.36, 0.72), 0.07 - au), 0.1)
+    clav = _ramp(np.maximum(np.abs(v + 0.56 + 0.22 * (au - 0.1)) - 0.035,
+                            np.abs(au - 0.35) - 0.27), _EDGE)
+    gastric = _ramp(_ellipse(u, v, 0.36, 0.66, 0.11, 0.055), _EDGE)  # stomach gas bubble
+    base = (0.05 + 0.50 * body + 0.12 * mediastinum + 0.07 * spine
+            + (0.08 * ribs + 0.10 * clav - 0.10 * trachea - 0.12 * gastric) * body)
+    haze = np.exp(-((au - 0.22) ** 2 / (2 * 0.13**2) + (v - 0.05) ** 2 / (2 * 0.2**2))) * air
+    inner = (lung_dist < -0.08) & (mediastinum < 0.01)
+    layers = [base, air, body, inner, haze]
+    return np.stack([np.broadcast_to(a, (grid, grid)).ravel() for a in layers]).astype(np.float32)
+
+
 def _draw_chunk(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarray,
                 pose: dict[str, np.ndarray], heart_scale: np.ndarray, severity: np.ndarray,
-                look: dict[str, np.ndarray], texture: np.ndarray,
+                look: dict[str, np.ndarray], texture: np.ndarray, atlas: np.ndarray,
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Render B images as float32 (B, S, S) grey levels in about [0, 1], plus their masks.
 
-    ``texture``: float32 (B, S, S) smooth unit-variance noise for the lung markings. The masks
-    dict holds bool ``finding``, ``lungs``, ``heart``, ``body`` and float32 ``anatomy`` /
-    ``finding_w`` (weights for sampling scan-path and finding fixations). Every step is a
-    whole-batch array operation (no scipy filters: they dominate the cost at this size).
+    ``texture``: float32 (B, S, S) smooth unit-variance noise for the lung markings;
+    ``atlas``: :func:`_atlas` at twice the image size. The masks dict holds bool ``finding``,
+    ``lungs``, ``heart``, ``body`` and float32 ``anatomy`` / ``finding_w`` (weights for sampling
+    scan-path and finding fixations).
     """
     size = p["size"]
+    grid = 2 * size
     f32 = np.float32
 
     def col(x: np.ndarray) -> np.ndarray:  # (B,) -> (B, 1, 1) for broadcasting over pixels
         return np.asarray(x, dtype=f32)[:, None, None]
 
+    # Every coordinate frame below is an affine function of the pixel grid (x, y), evaluated as
+    # a (B, 1, S) row term plus a (B, S, 1) column term: one full-size operation per frame.
     lin = ((np.arange(size, dtype=f32) + 0.5) / size * 2 - 1)
     x, y = lin[None, None, :], lin[:, None][None]
-    cos, sin = col(np.cos(pose["rot"])), col(np.sin(pose["rot"]))
-    dx, dy = x - col(pose["tu"]), y - col(pose["tv"])
-    inv = 1 / col(pose["scale"])
-    u = (cos * inv) * dx + (sin * inv) * dy
-    v = (cos * inv) * dy - (sin * inv) * dx
-    au = np.abs(u)
-    edge = 0.04  # soft edges of about 2.5 px at 128 px
 
-    # Body: torso below sloping shoulders, plus the neck.
-    torso = np.maximum(_ellipse(u, v, 0.0, 0.3, 0.95, 1.3), (-0.58 + 0.38 * u * u) - v)
-    body = np.maximum(_ramp(torso, edge), _ramp(au - 0.21, edge))
+    def affine(cx: np.ndarray, cy: np.ndarray, c0: np.ndarray) -> np.ndarray:
+        return col(cx) * x + (col(cy) * y + col(c0))
 
-    # Lungs: one ellipse per side (mirrored through |u|), cut by the diaphragm domes (the right
-    # dome, on the image left, sits higher over the liver) and the mediastinum.
-    lw = col(pose["lung_w"])
-    dome = 0.455 + 0.035 * np.sign(u) + 2.6 * (au - 0.38 * lw) ** 2
-    lung_dist = np.maximum(np.maximum(_ellipse(au, v, 0.40 * lw, 0.02, 0.29 * lw, 0.68),
-                                      v - dome), 0.09 - au)
-    lung_shape = _ramp(lung_dist, edge)
+    # Anatomical coordinates (u, v) undo the image's shift, rotation and scale:
+    # u = (cos (x - tu) + sin (y - tv)) / su, v = (cos (y - tv) - sin (x - tu)) / sv.
+    cos, sin = np.cos(pose["rot"]), np.sin(pose["rot"])
+    tu, tv, su, sv = pose["tu"], pose["tv"], pose["su"], pose["sv"]
+    u_coef = (cos / su, sin / su, -(cos * tu + sin * tv) / su)
+    v_coef = (-sin / sv, cos / sv, (sin * tu - cos * tv) / sv)
 
-    # Heart: an ellipse resting on the left dome, mostly to the image right; grows with scale.
-    hs = col(heart_scale)
-    heart_dist = _ellipse(u, v, 0.10 + 0.06 * (hs - 1), 0.58 - 0.25 * hs, 0.28 * hs, 0.25 * hs)
-    heart = _ramp(heart_dist, edge)
-    upper = np.maximum(au - (0.10 + 0.05 * np.clip(v + 0.7, 0, 1)), np.abs(v + 0.15) - 0.7)
-    mediastinum = _ramp(np.minimum(upper, _ellipse(u, v, 0.13, -0.28, 0.07, 0.07)), edge)
-    lungs = lung_shape * (1 - heart) * (1 - mediastinum)
+    # Atlas cells (nearest neighbour) of every pixel.
+    to_cell = grid / (2 * _EXTENT)
+    iu = affine(*(c * to_cell for c in u_coef[:2]), (u_coef[2] + _EXTENT) * to_cell)
+    iv = affine(*(c * to_cell for c in v_coef[:2]), (v_coef[2] + _EXTENT) * to_cell)
+    cell = np.clip(iv, 0, grid - 1).astype(np.intp) * grid
+    cell += np.clip(iu, 0, grid - 1).astype(np.intp)
+    base, air, body = (atlas[k].take(cell) for k in (_BASE, _AIR, _BODY))  # (B, S, S) each
 
-    spine = _ramp(au - 0.065, edge) * (0.75 + 0.25 * np.cos((2 * np.pi * 7.5) * v))
-    trachea = _ramp(np.maximum(au - 0.028, v + 0.22), edge)
-    # Posterior ribs: bands curving down laterally; clavicles rising towards the shoulders.
-    ribs = np.clip(1.8 * np.cos((2 * np.pi * 5.2) * (v - 0.32 * u * u)) - 0.8, 0, 1)
-    ribs *= _ramp(np.maximum(_ellipse(au, v, 0.40, -0.02, 0.36, 0.72), 0.07 - au), 0.1)
-    clav = _ramp(np.maximum(np.abs(v + 0.56 + 0.22 * (au - 0.1)) - 0.035,
-                            np.abs(au - 0.35) - 0.27), edge)
-
-    density = (0.05 + 0.50 * body + 0.12 * mediastinum + 0.08 * heart + 0.07 * spine
-               + (0.08 * ribs + 0.10 * clav - 0.10 * trachea) * body
-               + (p["mottle"] * texture - 0.37) * lungs)
+    # Heart: an ellipse resting on the left dome, its long axis tilted down to the image right
+    # (angle 0.45 rad); it grows with its scale, mostly to the right and upwards. (eu, ev) are
+    # the pixel's coordinates in the frame where the heart is the unit disc.
+    hs = heart_scale
+    centre_u, centre_v = 0.11 + 0.12 * (hs - 1), 0.61 - 0.22 * hs
+    half_a, half_b = 0.31 * hs, 0.21 * hs
+    ca, sa = np.cos(0.45), np.sin(0.45)
+    du = (u_coef[0], u_coef[1], u_coef[2] - centre_u)  # u - centre_u
+    dv = (v_coef[0], v_coef[1], v_coef[2] - centre_v)
+    eu = affine(*((ca * a + sa * b) / half_a for a, b in zip(du, dv)))
+    ev = affine(*((ca * b - sa * a) / half_b for a, b in zip(du, dv)))
+    heart_dist = (np.sqrt(eu * eu + ev * ev) - 1) * col(np.minimum(half_a, half_b))
+    heart = _ramp(heart_dist, _EDGE)
+    outside_heart = 1 - heart
+    lungs = air * outside_heart
+    # The heart shows as a silhouette where it displaces lung air, slightly denser than the
+    # chest wall; elsewhere it merges with the mediastinum and the diaphragm.
+    density = base + (0.04 * heart + (p["mottle"] * texture - 0.37) * outside_heart) * air
 
     # Findings.
     sev = col(severity)
-    finding = np.zeros(u.shape, dtype=bool)
-    finding_w = np.zeros(u.shape, dtype=f32)
-    is_chf = labels == CHF
-    if is_chf.any():
-        au_c, v_c = au[is_chf], v[is_chf]
-        haze = np.exp((au_c - 0.22) ** 2 * (-1 / (2 * 0.13**2))
-                      + (v_c - 0.05) ** 2 * (-1 / (2 * 0.2**2))) * lungs[is_chf]
+    finding = np.zeros(heart.shape, dtype=bool)
+    finding_w = np.zeros(heart.shape, dtype=f32)
+    is_chf = _subset(labels == CHF)
+    if is_chf is not None:
+        haze = atlas[_HAZE].take(cell[is_chf]) * outside_heart[is_chf]
         density[is_chf] += p["chf_haze"] * sev[is_chf] * haze
         finding[is_chf] = (haze > 0.4) | (heart[is_chf] > 0.5)
         finding_w[is_chf] = finding[is_chf]
-    is_pna = labels == PNEUMONIA
-    if is_pna.any():
-        blobs = _consolidations(p, rng, u[is_pna], v[is_pna], lung_dist[is_pna],
-                                heart_dist[is_pna])
+    is_pna = _subset(labels == PNEUMONIA)
+    if is_pna is not None:
+        inner = atlas[_INNER].take(cell[is_pna]) * (heart_dist[is_pna] > 0.06)
+        blobs = _consolidations(p, rng, inner, lungs[is_pna])
         blobs *= lungs[is_pna]
         density[is_pna] += p["pneumonia_contrast"] * sev[is_pna] * blobs
         finding[is_pna] = blobs > 0.5
@@ -319,39 +380,47 @@ def _draw_chunk(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarray,
 
     maps = {
         "finding": finding, "lungs": lungs > 0.5, "heart": heart > 0.5, "body": body > 0.5,
-        "anatomy": (lung_shape + 0.8 * heart), "finding_w": finding_w,
+        "anatomy": air + 0.8 * heart, "finding_w": finding_w,
     }
     return img, maps
 
 
-def _consolidations(p: dict[str, Any], rng: np.random.Generator, u: np.ndarray, v: np.ndarray,
-                    lung_dist: np.ndarray, heart_dist: np.ndarray) -> np.ndarray:
+def _subset(mask: np.ndarray) -> np.ndarray | slice | None:
+    """An index for the images in ``mask``: None if none, a view-giving slice if all."""
+    if not mask.any():
+        return None
+    return slice(None) if mask.all() else mask
+
+
+def _consolidations(p: dict[str, Any], rng: np.random.Generator, inner: np.ndarray,
+                    lungs: np.ndarray) -> np.ndarray:
     """One or two irregular consolidations per image, float32 (B, S, S) in [0, 1].
 
-    Each is three overlapping Gaussian lobes; centres are drawn well inside the lung fields.
+    Each is three overlapping round Gaussian lobes around a centre drawn from ``inner`` (well
+    inside the lung fields, sampled on a 2-pixel grid; ``lungs`` is the fallback should an
+    image have no such pixel). A
+    round lobe is separable in pixel rows and columns, so all lobes of the batch are one
+    batched matrix product of row and column profiles.
     """
-    bsz, size, _ = u.shape
-    inner = ((lung_dist < -0.08) & (heart_dist > 0.06)).astype(np.float32)
-    rows, cols, ok = common.sample_pixels(inner, 2, rng)
-    if not ok.all():  # unreachable with the validated knobs; fall back to the lung shape
-        rows2, cols2, _ = common.sample_pixels((lung_dist < 0).astype(np.float32), 2, rng)
+    bsz, size, _ = inner.shape
+    rows, cols, ok = common.sample_pixels_coarse(inner, 2, rng, step=2)
+    if not ok.all():
+        rows2, cols2, _ = common.sample_pixels(lungs, 2, rng)
         rows[~ok], cols[~ok] = rows2[~ok], cols2[~ok]
-    b = np.arange(bsz)[:, None]
-    cu, cv = u[b, rows, cols], v[b, rows, cols]  # centres in anatomical coordinates
     count = rng.integers(1, 3, bsz)
-    radius = p["pneumonia_radius"] * rng.uniform(0.75, 1.25, (bsz, 2))
-    field = np.zeros(u.shape, dtype=np.float32)
-    for k in range(2):
-        on = count > k
-        if not on.any():
-            continue
-        for _ in range(3):
-            r = radius[on, k] * rng.uniform(0.55, 0.9, bsz)[on]
-            ou = cu[on, k] + rng.normal(0, 0.5, bsz)[on] * radius[on, k]
-            ov = cv[on, k] + rng.normal(0, 0.5, bsz)[on] * radius[on, k]
-            scale = (-0.5 / r**2).astype(np.float32)[:, None, None]
-            field[on] += np.exp(((u[on] - ou[:, None, None].astype(np.float32)) ** 2
-                                 + (v[on] - ov[:, None, None].astype(np.float32)) ** 2) * scale)
+    radius = (p["pneumonia_radius"] * size / 2) * rng.uniform(0.75, 1.25, (bsz, 2, 1))  # px
+    lobe_r = radius * rng.uniform(0.7, 1.0, (bsz, 2, 3))
+    lobe_row = rows[:, :, None] + rng.normal(0, 0.5, (bsz, 2, 3)) * radius
+    lobe_col = cols[:, :, None] + rng.normal(0, 0.5, (bsz, 2, 3)) * radius
+    on = np.broadcast_to((np.arange(2)[None, :] < count[:, None])[:, :, None], (bsz, 2, 3))
+    pix = np.arange(size)[None, None, :]
+
+    def profile(centre: np.ndarray) -> np.ndarray:  # (B, 2, 3) -> (B, 6, S)
+        z = (pix - centre.reshape(bsz, 6, 1)) / lobe_r.reshape(bsz, 6, 1)
+        return np.exp(-0.5 * z * z).astype(np.float32)
+
+    gy = profile(lobe_row) * on.reshape(bsz, 6, 1)
+    field = np.matmul(gy.transpose(0, 2, 1), profile(lobe_col))
     return np.clip(field, 0.0, 1.0)
 
 
@@ -368,17 +437,13 @@ def _simulate_gaze(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarr
     bsz, size, _ = maps["anatomy"].shape
     n_scan, n_find = p["gaze_scan_fixations"], p["gaze_finding_fixations"]
     abnormal = labels != NORMAL
-    step = 4
-    sr, sc, _ = common.sample_pixels(maps["anatomy"][:, step // 2::step, step // 2::step],
-                                     n_scan + n_find // 2, rng)
-    sr = np.minimum(sr * step + rng.integers(0, step, sr.shape), size - 1)
-    sc = np.minimum(sc * step + rng.integers(0, step, sc.shape), size - 1)
+    sr, sc, _ = common.sample_pixels_coarse(maps["anatomy"], n_scan + n_find // 2, rng, step=4)
     fr = np.zeros((bsz, n_find), dtype=np.int64)
     fc = np.zeros((bsz, n_find), dtype=np.int64)
     has = np.zeros(bsz, dtype=bool)
-    if abnormal.any():
-        fr[abnormal], fc[abnormal], has[abnormal] = common.sample_pixels(
-            maps["finding_w"][abnormal], n_find, rng)
+    sub = _subset(abnormal)
+    if sub is not None:
+        fr[sub], fc[sub], has[sub] = common.sample_pixels(maps["finding_w"][sub], n_find, rng)
     # Dwell times: gamma-distributed around 1 (scan) and gaze_finding_dwell (finding).
     w_scan = rng.gamma(4.0, 0.25, sr.shape)
     w_scan[abnormal, n_scan:] = 0  # abnormal images spend that time on the finding instead

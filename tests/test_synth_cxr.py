@@ -1,0 +1,207 @@
+"""synth_cxr: the promises of the generator (shapes, splits, gaze, shortcut, determinism, CLI)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+
+import h5py
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from mimic_runner.cli.data import main as data_main
+from mimic_runner.data import synth_cxr
+from mimic_runner.data._synth_common import CORNERS, marker_slots, sample_pixels
+from mimic_runner.data.schema import read_dataset, validate_dataset, write_dataset
+from mimic_runner.errors import UserError
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def generated() -> tuple[dict, dict]:
+    return synth_cxr.generate_with_truth(n=N, seed=0)
+
+
+def marker_corner(confounder: np.ndarray) -> np.ndarray:
+    """Decode each image's marker corner (index into CORNERS) from its confounder mask."""
+    _, h, w = confounder.shape
+    rows = (confounder.sum(2) * np.arange(h)).sum(1) / confounder.sum((1, 2))
+    cols = (confounder.sum(1) * np.arange(w)).sum(1) / confounder.sum((1, 2))
+    top, left = rows < h / 2, cols < w / 2
+    return np.select([top & left, top & ~left, ~top & ~left], [0, 1, 2], 3)
+
+
+def test_arrays_match_the_schema_and_write(generated, tmp_path):
+    data, _ = generated
+    assert set(data) <= set(inspect.signature(write_dataset).parameters)
+    assert data["images"].dtype == np.uint8 and data["images"].shape == (N, 1, 128, 128)
+    assert data["labels"].dtype == np.int64 and data["labels"].shape == (N,)
+    assert data["split"].dtype == np.uint8
+    assert data["gaze"].dtype == np.float32 and data["gaze"].shape == (N, 128, 128)
+    assert data["fixations"].dtype == bool and data["confounder"].dtype == bool
+    assert list(data["class_names"]) == ["Normal", "CHF", "pneumonia"]
+    assert data["source"] == "synth_cxr" and data["aligned"] is True
+    assert data["ids"][0] == "synth_cxr-000000" and data["ids"][123] == "synth_cxr-000123"
+    assert (data["gaze"] >= 0).all() and np.isfinite(data["gaze"]).all()
+
+    path = write_dataset(tmp_path / "cxr.h5", **data)
+    info = validate_dataset(path)
+    assert info.maps == ["gaze", "fixations", "confounder"]
+    recorded = json.loads(info.attrs["synth_params"])
+    assert recorded["n"] == N and recorded["confounder_strength"] == 0.9
+    assert set(recorded) == set(inspect.signature(synth_cxr.generate).parameters)
+    arrays, _ = read_dataset(path)
+    assert np.array_equal(arrays["images"], data["images"])
+
+
+def test_sample_pixels_follows_the_weights_and_skips_zero_weight_pixels():
+    rng = np.random.default_rng(0)
+    weights = np.zeros((3, 4, 4), dtype=np.float32)
+    weights[0, 0, 1], weights[0, 3, 3] = 1.0, 3.0
+    weights[1, 2, 2] = 0.5
+    rows, cols, ok = sample_pixels(weights, 20000, rng)
+    assert ok.tolist() == [True, True, False]
+    assert abs(np.mean((rows[0] == 3) & (cols[0] == 3)) - 0.75) < 0.02
+    assert (weights[0][rows[0], cols[0]] > 0).all()
+    assert (rows[1] == 2).all() and (cols[1] == 2).all()
+
+
+def test_knobs_have_scalar_defaults():
+    for name, par in inspect.signature(synth_cxr.generate).parameters.items():
+        assert type(par.default) in (int, float, bool, str), name
+
+
+def test_balanced_classes_and_stratified_splits(generated):
+    data, _ = generated
+    for k in range(3):
+        in_class = data["labels"] == k
+        assert in_class.sum() == N // 3
+        assert [int((data["split"][in_class] == s).sum()) for s in range(3)] == [70, 15, 15]
+
+
+def test_deterministic_per_seed():
+    a, ta = synth_cxr.generate_with_truth(n=30, seed=7)
+    b, tb = synth_cxr.generate_with_truth(n=30, seed=7)
+    for key in ("images", "labels", "split", "gaze", "fixations", "confounder"):
+        assert np.array_equal(a[key], b[key]), key
+    assert np.array_equal(ta["finding"], tb["finding"])
+    c = synth_cxr.generate(n=30, seed=8)
+    assert not np.array_equal(a["images"], c["images"])
+    assert not np.array_equal(a["gaze"], c["gaze"])
+
+
+def test_findings_lie_in_the_lungs_and_chf_enlarges_the_heart(generated):
+    data, truth = generated
+    labels, finding = data["labels"], truth["finding"]
+    assert not finding[labels == 0].any()
+    assert finding[labels != 0].any(axis=(1, 2)).all()
+    thorax = ndimage.maximum_filter(truth["lungs"] | truth["heart"], size=(1, 3, 3))
+    assert not (finding & ~thorax).any()
+    heart_area = truth["heart"].mean(axis=(1, 2))
+    assert heart_area[labels == 1].mean() > 1.3 * heart_area[labels == 0].mean()
+
+
+def test_gaze_is_concentrated_on_the_finding(generated):
+    data, truth = generated
+    gaze, labels = data["gaze"], data["labels"]
+    near = ndimage.maximum_filter(truth["finding"], size=(1, 7, 7))  # dilation by 3 px
+    share = (gaze * near).sum(axis=(1, 2)) / gaze.sum(axis=(1, 2))
+    area = near.mean(axis=(1, 2))
+    abnormal = labels != 0
+    assert share[abnormal].mean() > 0.6
+    assert (share[abnormal] > 0.45).all()
+    assert (share[abnormal] > 3 * area[abnormal]).all()
+    # Normal images: a scan path over lungs and heart.
+    anatomy = ndimage.maximum_filter(truth["lungs"] | truth["heart"], size=(1, 7, 7))
+    on_anatomy = (gaze * anatomy).sum(axis=(1, 2)) / gaze.sum(axis=(1, 2))
+    assert (on_anatomy[~abnormal] > 0.8).all()
+    assert (data["fixations"].sum(axis=(1, 2)) >= 10).all()
+
+
+def test_gaze_and_fixations_never_touch_the_marker(generated):
+    data, truth = generated
+    conf = data["confounder"]
+    assert conf.any(axis=(1, 2)).all()
+    assert (data["gaze"][conf] == 0).all()
+    assert not (data["fixations"] & conf).any()
+    assert not (conf & (truth["lungs"] | truth["heart"] | truth["finding"])).any()
+    assert data["images"][:, 0][conf].mean() > 200  # a bright, salient burned-in tag
+
+
+def test_marker_corner_predicts_the_class_in_train_only(generated):
+    data, truth = generated
+    corner = marker_corner(data["confounder"])
+    assert np.array_equal(corner, truth["marker_slot"])
+    labels, split = data["labels"], data["split"]
+    train, held_out = split == 0, split != 0
+    # P(class corner) = s + (1 - s) / K in train; chance (1 / K) in val and test.
+    assert abs((corner[train] == labels[train]).mean() - (0.9 + 0.1 / 3)) < 0.05
+    assert abs((corner[held_out] == labels[held_out]).mean() - 1 / 3) < 0.12
+
+    def table(m: np.ndarray) -> np.ndarray:
+        return stats.contingency.crosstab(labels[m], corner[m]).count
+
+    assert stats.chi2_contingency(table(train)).pvalue < 1e-20
+    assert stats.chi2_contingency(table(held_out)).pvalue > 1e-3
+    assert set(np.unique(corner)) <= set(range(len(CORNERS) - 1))
+
+
+def test_confounder_strength_zero_is_no_shortcut_and_marker_can_be_off():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 30000)
+    split = rng.integers(0, 3, 30000).astype(np.uint8)
+    for strength in (0.0, 0.5, 1.0):
+        slots = marker_slots(labels, split, strength, 3, rng)
+        train = split == 0
+        assert abs((slots[train] == labels[train]).mean() - (strength + (1 - strength) / 3)) < 0.02
+        assert abs((slots[~train] == labels[~train]).mean() - 1 / 3) < 0.02
+    plain = synth_cxr.generate(n=30, seed=1, marker=False)
+    assert not plain["confounder"].any()
+
+
+def test_bad_arguments():
+    with pytest.raises(UserError, match="too small"):
+        synth_cxr.generate(n=8)
+    with pytest.raises(UserError, match="confounder_strength"):
+        synth_cxr.generate(n=30, confounder_strength=1.5)
+    with pytest.raises(TypeError):
+        synth_cxr.generate(n=30, not_a_knob=1)
+    with pytest.raises(UserError, match="should be of type int"):
+        synth_cxr.generate(n=30.0)
+
+
+def test_default_size_is_fast():
+    start = time.perf_counter()
+    data = synth_cxr.generate()
+    elapsed = time.perf_counter() - start
+    assert data["images"].shape == (3000, 1, 128, 128)
+    assert elapsed < 60, f"generation took {elapsed:.1f} s"  # a sanity bound; see benchmarks
+
+
+def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "cxr.h5"
+    data_main(["synth-cxr", "--out", str(out), "--n", "30", "--size", "64", "--seed", "3",
+               "--confounder-strength", "0.5", "--set", "noise=0.02", "marker_size=0.1"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"wrote {out}: 30 images 1x64x64") and " s (generate" in line
+    with h5py.File(out, "r") as f:
+        params = json.loads(f.attrs["synth_params"])
+    assert params["noise"] == 0.02 and params["confounder_strength"] == 0.5
+    assert params["seed"] == 3 and params["marker_size"] == 0.1
+
+    for argv, message in (
+        (["--n", "30"], "output exists; pass --overwrite"),
+        (["--n", "30", "--overwrite", "--set", "bogus=1"], "unknown knob 'bogus'"),
+        (["--n", "30", "--overwrite", "--set", "noise=loud"], "noise=loud: expected float"),
+        (["--n", "4", "--overwrite"], "too small"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            data_main(["synth-cxr", "--out", str(out), *argv])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    data_main(["synth-cxr", "--out", str(out), "--n", "30", "--size", "64", "--overwrite"])
+    assert validate_dataset(out).n == 30
