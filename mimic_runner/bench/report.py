@@ -70,6 +70,6 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
                     "data / model"):
             t.add_column(col)
         for c in d["consumers"]:
-            t.add_row(c["device"], escape(c["case"]), c["backbone"], f"{c['images_per_s']:.1f}",
-                      f"{c['data_over_model']:.0f}x")
+            t.add_row(c.get("device", ""), escape(c["case"]), c["backbone"],
+                      f"{c['images_per_s']:.1f}", f"{c['data_over_model']:.0f}x")
         console.print(t)
