@@ -126,17 +126,25 @@ def test_state_dict_is_the_same_whatever_the_impl(tmp_path) -> None:  # type: ig
 
 
 def test_lightning_module_checkpoint_across_impls(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """EnsembleModule with model.ensemble_impl=loop saves; =batched loads it (and vice versa)."""
-    from mimic_runner.bench.steps import build_module, model_overrides
+    """A run trained with ensemble_impl=loop resumes/reloads with =batched (and back):
+    same state_dict (as ``load_run`` reads it) and the same optimizer parameter list."""
+    from mimic_runner.bench.steps import make_step
 
-    torch.manual_seed(4)
-    a = build_module(model_overrides("expl_ensemble", "small_cnn", 2, "loop"))
-    b = build_module(model_overrides("expl_ensemble", "small_cnn", 2, "batched"))
-    assert a.net.impl == "loop" and b.net.impl == "batched"
-    torch.save(a.state_dict(), tmp_path / "a.pt")
-    b.load_state_dict(torch.load(tmp_path / "a.pt", weights_only=True))
+    a = make_step("expl_ensemble", "small_cnn", ensemble_size=2, impl="loop", batch_size=2,
+                  size=32)
+    a.step()
+    torch.save({"state_dict": a.module.state_dict(), "optimizer": a.optimizer.state_dict()},
+               tmp_path / "last.ckpt")
+    b = make_step("expl_ensemble", "small_cnn", ensemble_size=2, impl="batched", batch_size=2,
+                  size=32, seed=1)
+    assert b.module.net.impl == "batched"
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    b.module.load_state_dict(ckpt["state_dict"])
+    b.optimizer.load_state_dict(ckpt["optimizer"])  # same parameters, same order
     x = torch.randn(2, 1, 32, 32)
-    torch.testing.assert_close(b.eval()(x).logits, a.eval()(x).logits)
+    torch.testing.assert_close(b.module.eval()(x).logits, a.module.eval()(x).logits)
+    b.module.train()
+    assert torch.isfinite(b.step())
 
 
 def test_impl_resolution() -> None:
