@@ -204,6 +204,15 @@ def test_peppr_global_ranking_on_val_with_zero_fill(run: Path) -> None:
     assert not (run / "peppr.json").exists()
 
 
+def test_peppr_local_ranking(run: Path, tmp_path: Path) -> None:
+    main(["peppr", str(run), "--ranking", "local", "--steps", "4", "--random-seeds", "1",
+          "--max-images", "6", "--out", str(tmp_path / "out")])
+    rec = json.loads((tmp_path / "out" / "peppr.json").read_text())
+    assert set(rec["summary"]["auc"]) == {"local", "random_0", "inverse"}
+    assert rec["forward_passes"] == 6 * (2 + 2 * 2 * 2)  # local + 1 seed; inverse is free
+    assert not (run / "peppr.json").exists()
+
+
 # -- bad input ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["global", "peppr"])
 def test_missing_explanations_h5(run: Path, command: str,
