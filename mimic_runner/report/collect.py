@@ -19,6 +19,8 @@ from mimic_runner.paths import sweeps_dir
 from mimic_runner.training.run import find_run_dirs, run_status
 
 TABLES = ("table1", "table2")
+# Table 1's ensembles have ten sub-models; other sizes are labelled and not matched to it.
+PAPER_ENSEMBLE_SIZE = 10
 # Keys that place a run in a table's grid; every other override makes a "variant".
 GRID_KEYS = ("model", "seed", "model.ensemble_size")
 # Never part of a variant: where and how a run ran, not what it computed.
@@ -148,8 +150,15 @@ def sweep_params(table: str, sweeps: Path | None = None) -> dict[str, list[str]]
 
 
 def grid_key(run: Run, table: str) -> tuple[str | int, int | None]:
-    """Where a run sits in its table's grid: (model, seed) or (ensemble size, seed)."""
-    return (run.ensemble_size, run.seed) if table == "table2" else (run.model, run.seed)
+    """Where a run sits in its table's grid: (model, seed) or (ensemble size, seed).
+
+    A Table 1 ensemble of another size than the paper's is ``model@size``: outside the grid.
+    """
+    if table == "table2":
+        return (run.ensemble_size, run.seed)
+    if run.ensemble_size not in (1, PAPER_ENSEMBLE_SIZE):
+        return (f"{run.model}@{run.ensemble_size}", run.seed)
+    return (run.model, run.seed)
 
 
 def expected_grid(table: str, sweeps: Path | None = None) -> list[tuple[str | int, int]]:

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from mimic_runner.data.schema import read_dataset
 from mimic_runner.errors import UserError
 from mimic_runner.io import atomic_path
-from mimic_runner.report.collect import Run
-from mimic_runner.report.tables import MODEL_LABELS, PAPER_ENSEMBLE_SIZE, PaperValues
+from mimic_runner.report.collect import PAPER_ENSEMBLE_SIZE, Run
+from mimic_runner.report.tables import MODEL_LABELS, PaperValues
 
 DPI = 120
 

@@ -19,13 +19,11 @@ import numpy as np
 from scipy import stats
 
 from mimic_runner.errors import UserError
-from mimic_runner.report.collect import Run, sweep_params
+from mimic_runner.report.collect import Run, grid_key, sweep_params
 
 MODEL_ORDER = ("baseline", "improved_unet", "normal_ensemble", "expl_ensemble")
 MODEL_LABELS = {"baseline": "Baseline", "improved_unet": "Improved UNet",
                 "normal_ensemble": "Normal Ensemble", "expl_ensemble": "Expl. Ensemble"}
-# Table 1's ensembles have ten sub-models; other sizes are labelled and not matched to it.
-PAPER_ENSEMBLE_SIZE = 10
 CONFIDENCE = 0.95
 
 Group = str | int   # a model name (Table 1) or an ensemble size (Table 2)
@@ -175,11 +173,7 @@ class ResultTable:
 def group_of(run: Run, kind: str) -> Group:
     """Table 1 groups by model (ensembles of another size than the paper's apart), Table 2 by
     ensemble size."""
-    if kind == "table2":
-        return run.ensemble_size
-    if run.ensemble_size not in (1, PAPER_ENSEMBLE_SIZE):
-        return f"{run.model}@{run.ensemble_size}"
-    return run.model
+    return grid_key(run, kind)[0]
 
 
 def group_label(group: Group, kind: str) -> str:
