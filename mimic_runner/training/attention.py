@@ -35,8 +35,8 @@ class AttentionBranchModule(ExplainedClassifier):
     """
 
     def __init__(self, *args: Any, explanation: str = "attention", attention_weight: float = 1.0,
-                 apply_at: str | int = "input", attention_channels: Sequence[int] = (8, 16, 16),
-                 **kwargs: Any) -> None:
+                 apply_at: str | int = "input",
+                 attention_channels: Sequence[int] = (16, 32, 32, 32), **kwargs: Any) -> None:
         if explanation not in EXPLANATIONS:
             raise UserError(f"model.explanation='{explanation}': use {' or '.join(EXPLANATIONS)}")
         self.apply_at = apply_at
