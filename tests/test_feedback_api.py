@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import threading
@@ -119,7 +120,7 @@ def test_out_of_image_roi(client: TestClient, session: FeedbackSession) -> None:
 def test_traversal_and_unknown_ids(client: TestClient, session: FeedbackSession,
                                    bad: str) -> None:
     before = _snapshot(session)
-    for suffix in ("image.png", "attention.png", "prediction"):
+    for suffix in ("image.png", "attention.png", "attention", "prediction"):
         r = client.get(f"/api/images/{bad}/{suffix}")
         assert r.status_code == 404, (bad, suffix)
         if "etc" in bad and "%2F" in bad:
@@ -296,6 +297,10 @@ def test_images_predictions_and_maps(client: TestClient, session: FeedbackSessio
         client.get(f"/api/images/{image_id}/attention.png").content)))
     expected = np.rint(session.attention(image_id) * 255)
     assert att.shape == (64, 64) and np.abs(att - expected).max() <= 1
+    exact = client.get(f"/api/images/{image_id}/attention").json()
+    values = np.frombuffer(base64.b64decode(exact["values"]), dtype="<f4")
+    assert (exact["height"], exact["width"], exact["version"]) == (64, 64, 1)
+    assert np.array_equal(values.reshape(64, 64), session.attention(image_id))
     pred = client.get(f"/api/images/{image_id}/prediction").json()
     assert abs(sum(pred["probabilities"].values()) - 1) < 1e-5
     assert pred["version"] == 1 and pred["label_name"] == session.class_names[pred["label"]]

@@ -9,6 +9,7 @@ paths); regions and parameters are validated by pydantic models and then by the 
 
 from __future__ import annotations
 
+import base64
 import hmac
 import io
 import json
@@ -286,6 +287,17 @@ def create_app(session: FeedbackSession, token: str | None = None,
         m = session.attention(image_id, version)
         png = _png(np.clip(np.rint(m * 255), 0, 255).astype(np.uint8))
         return Response(png, media_type="image/png")
+
+    @app.get("/api/images/{image_id:path}/attention",
+             summary="The attention map M(x) of a version as float32 values (base64)")
+    def attention_values(image_id: str, version: Annotated[int | None, Query(ge=1)] = None
+                         ) -> dict[str, Any]:
+        _, maps, vid = session.predict([image_id], version)
+        m = maps[0].float().numpy().astype("<f4")
+        return {"image_id": image_id, "version": vid, "height": int(m.shape[0]),
+                "width": int(m.shape[1]), "dtype": "float32", "byte_order": "little",
+                "values": base64.b64encode(m.tobytes()).decode("ascii"),
+                "min": float(m.min()), "max": float(m.max())}
 
     @app.get("/api/images/{image_id:path}/prediction", summary="Class and probabilities")
     def prediction(image_id: str, version: Annotated[int | None, Query(ge=1)] = None

@@ -99,10 +99,11 @@ function mapCanvas(values, w, h, colour) {
   return c;
 }
 
-function attentionValues(pixels) {
-  const v = new Float32Array(pixels.w * pixels.h);
-  for (let i = 0; i < v.length; i++) v[i] = pixels.data[4 * i] / 255;
-  return v;
+async function fetchAttention(id, version) {  // exact float32 values, not an 8-bit image
+  const q = version ? `?version=${version}` : "";
+  const a = await api("GET", `/api/images/${enc(id)}/attention${q}`);
+  const bytes = Uint8Array.from(atob(a.values), (c) => c.charCodeAt(0));
+  return { w: a.width, h: a.height, version: a.version, values: new Float32Array(bytes.buffer) };
 }
 
 // -- view transform ---------------------------------------------------------------------------
@@ -224,12 +225,9 @@ function shownVersion() {
 
 async function loadAttention() {
   if (!state.imageId) return;
-  const version = shownVersion();
-  const q = version ? `?version=${version}` : "";
-  const px = await loadPixels(`/api/images/${enc(state.imageId)}/attention.png${q}`);
-  const values = attentionValues(px);
-  state.attentionVersion = version || (state.status ? state.status.current.id : null);
-  state.attention = { w: px.w, h: px.h, values };
+  const a = await fetchAttention(state.imageId, shownVersion());
+  state.attentionVersion = a.version;
+  state.attention = a;
   colourAttention();
 }
 
@@ -538,11 +536,10 @@ async function showDiff() {
 
 async function renderDiffMaps() {
   if (!state.diff || !state.imageId) return;
-  const d = state.diff, id = enc(state.imageId);
-  const [b, a] = await Promise.all([
-    loadPixels(`/api/images/${id}/attention.png?version=${d.before_version}`),
-    loadPixels(`/api/images/${id}/attention.png?version=${d.after_version}`)]);
-  const vb = attentionValues(b), va = attentionValues(a);
+  const d = state.diff;
+  const [b, a] = await Promise.all([fetchAttention(state.imageId, d.before_version),
+    fetchAttention(state.imageId, d.after_version)]);
+  const vb = b.values, va = a.values;
   const delta = va.map((x, i) => x - vb[i]);
   const peak = delta.reduce((m, x) => Math.max(m, Math.abs(x)), 0) || 1;
   const draw = (sel, src) => {
