@@ -12,7 +12,7 @@ Execution strategies (``impl``), all numerically equivalent (tests/test_ensemble
   BatchNorm over N·C channels — per-member batch statistics by construction. Supports
   conv/BN/ReLU/pooling stacks and torchvision ResNet blocks (``small_cnn``, ``resnet*``).
 * ``vmap``: ``torch.func.vmap`` over ``functional_call`` with stacked parameters and buffers;
-  works for any backbone (DenseNet, EfficientNet, ...).
+  works for any backbone (DenseNet; EfficientNet in eval mode only, see :func:`vmap_blocker`).
 * ``batched``: ``wide`` where the backbone supports it, else ``vmap`` — else (train-mode
   stochastic depth, whose in-place random draw vmap rejects: EfficientNet) the loop.
 * ``auto``: chosen per device at forward time (:data:`AUTO_IMPL`; see BENCHMARKS.md).
