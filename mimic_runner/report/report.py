@@ -248,9 +248,9 @@ def _status_line(runs: Sequence[Run]) -> str:
 
 # -- console ------------------------------------------------------------------------------------
 
-def _rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+def _rich_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
     # Text, not markup: variants and intervals hold square brackets.
-    table = Table(title=Text(title), title_justify="left")
+    table = Table()
     for i, h in enumerate(header):
         table.add_column(Text(h), justify="left" if i < 2 else "right")
     for row in rows:
@@ -276,8 +276,11 @@ def print_report(report: Report, console: Console | None = None) -> None:
         if not report.tables[kind]:
             console.print(f"no runs for {title}")
         for t in report.tables[kind]:
-            console.print(_rich_table(t.title, *row_matrix(t)))
-            console.print(_rich_table(f"{t.title}: summary over seeds", *stats_matrix(t)))
+            # Titles on their own line: a table's title would wrap at the table's width.
+            console.print(Text(t.title, style="bold"))
+            console.print(_rich_table(*row_matrix(t)))
+            console.print(Text(f"{t.title}: summary over seeds", style="bold"))
+            console.print(_rich_table(*stats_matrix(t)))
             for note in t.notes:
                 console.print(Text(note, style="yellow"))
     console.rule("Figures")
