@@ -15,7 +15,7 @@ from mimic_runner.cli.run import _run_dirname, check_launcher_plugin, register
 from mimic_runner.errors import UserError
 from mimic_runner.paths import conf_dir
 from mimic_runner.training.run import cpu_threads_per_job, gpu_slot_order, local_n_jobs
-from tests.conftest import TINY, run_cli
+from cli_helpers import TINY, run_cli
 
 # -- pure logic ---------------------------------------------------------------------------------
 

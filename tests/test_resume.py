@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, run_cli
+from cli_helpers import TINY, run_cli
 
 # Four short epochs: the kill lands after epoch 1, so three epochs run after the restart.
 ARGS = ["trainer=smoke", "trainer.max_epochs=4", *TINY]

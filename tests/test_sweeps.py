@@ -15,7 +15,7 @@ from mimic_runner.cli.run import register
 from mimic_runner.paths import conf_dir
 from mimic_runner.report.collect import sweep_params
 from mimic_runner.report.report import PACKAGED_PAPER
-from tests.conftest import TINY, run_cli
+from cli_helpers import TINY, run_cli
 
 
 def _paper(table: str) -> list[dict[str, str]]:
