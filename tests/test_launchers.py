@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import TINY, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -15,7 +16,6 @@ from mimic_runner.cli.run import _run_dirname, check_launcher_plugin, register
 from mimic_runner.errors import UserError
 from mimic_runner.paths import conf_dir
 from mimic_runner.training.run import cpu_threads_per_job, gpu_slot_order, local_n_jobs
-from cli_helpers import TINY, run_cli
 
 # -- pure logic ---------------------------------------------------------------------------------
 

@@ -66,7 +66,8 @@ def test_ensemble_output_is_mean_of_member_log_softmax() -> None:
         for b, h in zip(net.backbones, net.heads)])
     torch.testing.assert_close(out.logits, members.mean(0))
     # Members are initialised independently.
-    assert not torch.equal(net.backbones[0].stages[0][0].weight, net.backbones[1].stages[0][0].weight)
+    w0, w1 = (net.backbones[i].stages[0][0].weight for i in (0, 1))
+    assert not torch.equal(w0, w1)
 
 
 def test_ensemble_explained_layer_before_last() -> None:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import TINY, run_cli
 
 # Four short epochs: the kill lands after epoch 1, so three epochs run after the restart.

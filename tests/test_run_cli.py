@@ -9,10 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_helpers import TINY
 
 from mimic_runner.data.schema import read_dataset, write_dataset
-
-from cli_helpers import TINY
 
 REQUIRED = ["test/acc", "test/auroc", "test/kld", "test/nss", "test/cc", "test/sim",
             "test/confounder_share", "model", "seed", "ensemble_size", "dataset",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import TINY, run_cli
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -15,7 +16,6 @@ from mimic_runner.cli.run import register
 from mimic_runner.paths import conf_dir
 from mimic_runner.report.collect import sweep_params
 from mimic_runner.report.report import PACKAGED_PAPER
-from cli_helpers import TINY, run_cli
 
 
 def _paper(table: str) -> list[dict[str, str]]:

@@ -32,7 +32,8 @@ def ensure_synth(kind: str, params: dict[str, Any], cache_dir: str | Path) -> Pa
     from mimic_runner.errors import UserError
 
     if kind not in SYNTH_KINDS:
-        raise UserError(f"unknown synthetic dataset '{kind}'; choose one of {', '.join(SYNTH_KINDS)}")
+        raise UserError(f"unknown synthetic dataset '{kind}'; "
+                        f"choose one of {', '.join(SYNTH_KINDS)}")
     path = synth_cache_path(kind, params, cache_dir)
     if path.exists():
         return path

@@ -190,10 +190,10 @@ class HDF5DataModule(L.LightningDataModule):
         self._info = info
         split = arrays["split"]
         images = torch.from_numpy(arrays["images"])
-        if self.image_size and (info.height != self.image_size or info.width != self.image_size):
-            if info.height != info.width:
-                raise UserError(f"data.image_size={self.image_size}: images are "
-                                f"{info.height}x{info.width}; only square resizing is supported")
+        resize = self.image_size and (info.height, info.width) != (self.image_size,) * 2
+        if resize and info.height != info.width:
+            raise UserError(f"data.image_size={self.image_size}: images are "
+                            f"{info.height}x{info.width}; only square resizing is supported")
         for i, name in enumerate(SPLITS):
             idx = torch.from_numpy(np.flatnonzero(split == i))
             t: dict[str, Tensor] = {

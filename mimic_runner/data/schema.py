@@ -172,7 +172,8 @@ def validate_dataset(
         split = f["split"][()]
         if not np.isin(split, (0, 1, 2)).all():
             i = int(np.flatnonzero(~np.isin(split, (0, 1, 2)))[0])
-            raise fail("split", f"value {int(split[i])} at row {i}; expected 0 train, 1 val, 2 test")
+            raise fail("split",
+                       f"value {int(split[i])} at row {i}; expected 0 train, 1 val, 2 test")
         split_counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
         for name in require_splits:
             if split_counts[name] == 0:
@@ -204,7 +205,8 @@ def validate_dataset(
             maps.append(key)
 
         class_counts = {
-            name: {cn: int(((split == i) & (labels == k)).sum()) for k, cn in enumerate(class_names)}
+            name: {cn: int(((split == i) & (labels == k)).sum())
+                   for k, cn in enumerate(class_names)}
             for i, name in enumerate(SPLITS)
         }
         attrs = {k: _decode(v) for k, v in f.attrs.items()}

@@ -108,7 +108,7 @@ class MemberCamSnapshot(L.Callback):
         old: dict[str, np.ndarray] = {}
         if mode == "a":
             with h5py.File(self.path, "r") as f:
-                old = {k: f[k][()] for k in f.keys()}
+                old = {k: f[k][()] for k in f}
         with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
             for k, v in old.items():
                 f.create_dataset(k, data=v)
