@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import math
 import os
 import shutil
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +53,28 @@ def wants_resume(cfg: DictConfig) -> bool:
                                                             default=False))
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning prints a cloud-logging advert on every Trainer; it is noise in a sweep log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Silence console noise no user can act on (library adverts and internal deprecations)."""
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+            logger.addFilter(_DropAdverts())
+    # Lightning 2.6's own use of a deprecated torch pytree API, warned on every Trainer.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit and test one model; write and return ``metrics.json``'s content."""
     import lightning as L
+
+    _quiet_lightning()
 
     from mimic_runner.training.builders import build_datamodule, build_module, build_trainer
 
