@@ -76,10 +76,26 @@ def test_missing_data_file_is_one_line(cli, tmp_path: Path) -> None:  # type: ig
     assert not list(tmp_path.rglob("metrics.json"))
 
 
-def test_unknown_model_lists_the_options(cli) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_model_lists_the_options(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     res = cli("mimic-run", "model=resnet_magic")
-    assert res.returncode != 0
-    assert "resnet_magic" in res.stderr and "expl_ensemble" in res.stderr
+    assert res.returncode == 2
+    err = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: model=resnet_magic: no such option")
+    assert "expl_ensemble" in err[0] and "Traceback" not in res.stderr
+    # A typo inside a multirun list is caught before any job starts.
+    res = cli("mimic-run", "-m", "model=baseline,expl_ensmble", "trainer=smoke")
+    assert res.returncode == 2 and "model=expl_ensmble" in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_user_config_dir_adds_options(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "my_baseline.yaml").write_text(
+        "defaults:\n  - baseline\nname: my_baseline\n")
+    res = cli("mimic-run", "--config-dir", str(tmp_path / "mine"), "model=my_baseline",
+              "--cfg", "job")
+    assert res.returncode == 0, res.stderr
+    assert "name: my_baseline" in res.stdout
 
 
 def test_unet_needs_gaze(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

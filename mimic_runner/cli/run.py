@@ -103,6 +103,43 @@ def check_launcher_plugin(argv: Sequence[str], find_spec=importlib.util.find_spe
                             "launchers extra: pip install 'mimic-runner[launchers]'")
 
 
+def _config_dirs(argv: Sequence[str]) -> list[Path]:
+    """The packaged ``conf/`` plus any ``--config-dir``/``-cd`` the user added."""
+    dirs = [Path(conf_dir())]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+    return dirs
+
+
+def check_group_options(argv: Sequence[str]) -> None:
+    """Raise a :class:`UserError` for ``group=option`` naming no option of a config group.
+
+    Hydra would print a multi-line "Could not find" block; a typo in ``model=`` deserves one
+    line that lists the choices. Sweep expressions (``choice(...)``, interpolations) and
+    ``null`` are left to Hydra."""
+    dirs = _config_dirs(argv)
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        group, value = arg.lstrip("+~").split("=", 1)
+        if "/" in group or "." in group or any(c in value for c in "()[]{}$"):
+            continue
+        if group == "sweep":
+            options = {p.stem for p in Path(sweeps_dir()).glob("*.yaml")}
+        else:
+            found = [d / group for d in dirs if (d / group).is_dir()]
+            if not found:
+                continue
+            options = {p.stem for d in found for p in d.glob("*.yaml")}
+        for choice in value.split(","):
+            if choice and choice != "null" and choice not in options:
+                raise UserError(f"{group}={choice}: no such option in config group '{group}'; "
+                                f"choose one of {', '.join(sorted(options))}")
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from mimic_runner.training.run import local_job_resources, run_experiment
@@ -126,6 +163,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     register()
     check_launcher_plugin(sys.argv[1:])
+    check_group_options(sys.argv[1:])
     # Hydra reads sys.argv itself; a bare `mimic-run` is a single run with the defaults.
     _hydra_main()
     from mimic_runner.training.run import last_sweep_outcome
