@@ -16,8 +16,10 @@ SYNTH_KINDS = ("synth_cxr", "synth_smear")
 
 
 def synth_cache_path(kind: str, params: dict[str, Any], cache_dir: str | Path) -> Path:
-    """The cache file for a generator and its parameters (a hash of both names the file)."""
-    key = json.dumps({"kind": kind, "params": params}, sort_keys=True)
+    """The cache file for a generator, its version and its parameters (a hash names the file),
+    so a changed generator never serves data made by an older one."""
+    version = getattr(importlib.import_module(f"mimic_runner.data.{kind}"), "GENERATOR_VERSION", 0)
+    key = json.dumps({"kind": kind, "version": version, "params": params}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(cache_dir).expanduser() / f"{kind}-{digest}.h5"
 

@@ -36,6 +36,8 @@ import numpy as np
 from mimic_runner.data import _synth_common as common
 
 SOURCE = "synth_cxr"
+# Bump when the same parameters would give other arrays: it keys the generated-data cache.
+GENERATOR_VERSION = 1
 CLASS_NAMES = ("Normal", "CHF", "pneumonia")
 NORMAL, CHF, PNEUMONIA = 0, 1, 2
 _CHUNK = 16  # images per vectorised block: small enough that the float32 maps stay in cache

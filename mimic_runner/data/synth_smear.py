@@ -29,6 +29,8 @@ from scipy import ndimage
 from mimic_runner.data import _synth_common as common
 
 SOURCE = "synth_smear"
+# Bump when the same parameters would give other arrays: it keys the generated-data cache.
+GENERATOR_VERSION = 1
 CLASS_NAMES = ("Parasitized", "Uninfected")
 PARASITIZED, UNINFECTED = 0, 1
 _CHUNK = 32  # images per vectorised block
