@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import time
 
 import h5py
 import numpy as np
@@ -173,12 +172,11 @@ def test_bad_arguments():
         synth_cxr.generate(n=30.0)
 
 
-def test_default_size_is_fast():
-    start = time.perf_counter()
+def test_default_size():
+    # Its speed is a figure, not a test: `mimic-data synth-cxr` prints the time it took.
     data = synth_cxr.generate()
-    elapsed = time.perf_counter() - start
     assert data["images"].shape == (3000, 1, 128, 128)
-    assert elapsed < 60, f"generation took {elapsed:.1f} s"  # a sanity bound; see benchmarks
+    assert data["gaze"].shape == (3000, 128, 128) and data["labels"].shape == (3000,)
 
 
 def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
