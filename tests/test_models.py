@@ -147,3 +147,31 @@ def test_classifier_features_feed_logits() -> None:
     out = net(torch.randn(2, 3, 32, 32))
     maps = grad_cam(out.logits, out.features, size=(32, 32))
     assert maps.shape == (2, 32, 32)
+
+
+@pytest.mark.parametrize(("warmup", "max_epochs", "expected"),
+                         [(0.4, 10, 4), (0.4, 2, 0), (0.5, 3, 1), (3, 10, 3), (3.0, 2, 3),
+                          (0, 10, 0)])
+def test_warmup_counts_epochs_or_a_fraction_of_them(warmup: float, max_epochs: int,
+                                                     expected: int) -> None:
+    from types import SimpleNamespace
+
+    from mimic_runner.bench.steps import build_module
+
+    module = build_module(["model=expl_ensemble", "model.ensemble_size=2",
+                           f"model.warmup_epochs={warmup}"])
+    module._trainer = SimpleNamespace(max_epochs=max_epochs, current_epoch=0)
+    assert module.warmup_length() == expected
+    module._trainer.current_epoch = expected
+    assert module.consistency_active()
+    if expected:
+        module._trainer.current_epoch = expected - 1
+        assert not module.consistency_active()
+
+
+def test_negative_warmup_is_a_user_error() -> None:
+    from mimic_runner.bench.steps import build_module
+    from mimic_runner.errors import UserError
+
+    with pytest.raises(UserError, match="warmup_epochs"):
+        build_module(["model=expl_ensemble", "model.warmup_epochs=-1"])

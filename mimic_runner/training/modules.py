@@ -6,6 +6,7 @@ attention — so evaluation, reports and explanation tools treat all models alik
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -228,13 +229,13 @@ class EnsembleModule(ExplainedClassifier):
     """Normal and explanation ensembles of N sub-models.
 
     Loss = Σ_n CE_n + λ·consistency, where the consistency term (``consistency`` ≠ ``none``,
-    after ``warmup_epochs``) is computed from differentiable Grad-CAMs of every member on every
+    after the warm-up) is computed from differentiable Grad-CAMs of every member on every
     training batch. The explanation is the unweighted mean of the members' Grad-CAMs for the
     ensemble's class.
     """
 
     def __init__(self, *args: Any, consistency: str = "none", distance: str = "mse",
-                 lambda_consistency: float = 1.0, warmup_epochs: int = 0,
+                 lambda_consistency: float = 1.0, warmup_epochs: float = 0,
                  train_cam_target: str = "label", ensemble_impl: str = "loop",
                  disagreement_distance: str = "mse", **kwargs: Any) -> None:
         self.ensemble_impl = ensemble_impl
@@ -244,6 +245,9 @@ class EnsembleModule(ExplainedClassifier):
                             f"{', '.join(CONSISTENCIES)}")
         if distance not in DISTANCES:
             raise UserError(f"model.distance='{distance}': choose one of {', '.join(DISTANCES)}")
+        if warmup_epochs < 0:
+            raise UserError(f"model.warmup_epochs={warmup_epochs}: use a number of epochs "
+                            "(an integer >= 0) or a fraction of trainer.max_epochs in [0, 1)")
         if train_cam_target not in ("label", "pred"):
             raise UserError(f"model.train_cam_target='{train_cam_target}': use label or pred")
         self.consistency = consistency
@@ -281,9 +285,18 @@ class EnsembleModule(ExplainedClassifier):
         members = self.member_maps(out, targets, size)
         return members.mean(dim=0), members
 
+    def warmup_length(self) -> int:
+        """Epochs without the consistency term: ``warmup_epochs`` itself when >= 1, else that
+        fraction of the trainer's ``max_epochs`` (rounded down), so that the same config warms up
+        for 4 of 10 epochs in a full run and not at all in a 2-epoch smoke run."""
+        if self.warmup_epochs >= 1:
+            return int(self.warmup_epochs)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return math.floor(self.warmup_epochs * max_epochs) if max_epochs else 0
+
     def consistency_active(self) -> bool:
         return (self.consistency != "none" and self.lambda_consistency > 0
-                and self.current_epoch >= self.warmup_epochs)
+                and self.current_epoch >= self.warmup_length())
 
     def loss(self, out: ModelOutput, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         assert out.member_logits is not None
