@@ -173,14 +173,17 @@ def merge_epoch_logs(earlier: list[dict[str, str]], resumed: list[dict[str, str]
 
 
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
-    table = Table(title=f"{metrics['model']} · seed {metrics['seed']} · {run_dir}")
+    table = Table(title=f"{metrics['model']} · seed {metrics['seed']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k in sorted(k for k in metrics if k.startswith("test/")):
         v = metrics[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     table.add_row("train_seconds", f"{metrics['train_seconds']:.1f}")
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    # On its own line: in the table's title it would be wrapped to the table's width.
+    out.print(f"run directory: {escape(str(run_dir))}", soft_wrap=True, highlight=False)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any] | None:
