@@ -216,6 +216,10 @@ def test_feedback_page_end_to_end(server: dict[str, Any]) -> None:
             page.click("#accept")
             page.wait_for_function(
                 "document.querySelector('#version-badge').dataset.current === '2'")
+            # The handler reloads the attention map before it reports; wait for the report, or
+            # the next click would race it (seen on a loaded CI machine).
+            page.wait_for_function(
+                "document.querySelector('#status').innerText.includes('accepted: version 2')")
             assert api.get("/api/status").json()["current"]["id"] == 2
             _shot(page, "07-accepted")
             page.click("#rollback")
@@ -225,7 +229,8 @@ def test_feedback_page_end_to_end(server: dict[str, Any]) -> None:
             assert back["current"]["id"] == 1 and back["weights_sha256"] == weights_v1
             assert page.locator("#versions tr[data-version='2']").get_attribute(
                 "data-status") == "rolled_back"
-            assert "rolled back version 2" in page.locator("#status").inner_text()
+            page.wait_for_function(
+                "document.querySelector('#status').innerText.includes('rolled back version 2')")
             assert page.locator("#diff").is_hidden()  # stale differences are not left on show
             _shot(page, "08-rolled-back")
         finally:

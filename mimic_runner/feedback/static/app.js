@@ -563,22 +563,30 @@ function clearDecisionViews() {  // differences and retraining messages are stal
   $("#retrain-progress").value = 0;
 }
 
+// Accept and roll back report after reloading the attention map; a decision made meanwhile
+// must not be overwritten by the older one's late report.
+let decisionSeq = 0;
+
 async function accept() {
   if (!window.confirm("Accept the candidate? It becomes the current model.")) return;
+  const seq = ++decisionSeq;
   const r = await api("POST", "/api/accept", {});
   clearDecisionViews();
   await refreshStatus();
   await loadAttention();
-  setStatus(`accepted: version ${r.current.id} is current`);
+  if (seq === decisionSeq) setStatus(`accepted: version ${r.current.id} is current`);
 }
 
 async function rollback() {
   if (!window.confirm("Roll back? A pending candidate is discarded; otherwise the previous accepted version becomes current again.")) return;
+  const seq = ++decisionSeq;
   const r = await api("POST", "/api/rollback", {});
   clearDecisionViews();
   await refreshStatus();
   await loadAttention();
-  setStatus(`rolled back version ${r.rolled_back.id}: version ${r.current.id} is current`);
+  if (seq === decisionSeq) {
+    setStatus(`rolled back version ${r.rolled_back.id}: version ${r.current.id} is current`);
+  }
 }
 
 async function refreshStatus() {
