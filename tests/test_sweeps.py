@@ -129,3 +129,34 @@ def test_reduced_grid_resumes_and_reports(tmp_path: Path) -> None:
                 assert (row["paper_kld"] != "") == (row["model"] != "normal_ensemble@2")
     report = (out / "report.md").read_text()
     assert "Failed:" in report and "Missing (never run)" in report
+
+
+def test_outcome_counts_a_run_finished_just_before_the_sweep_as_skipped(tmp_path: Path) -> None:
+    """A run that finished a moment before the next sweep started was skipped by that sweep,
+    not trained (the second invocation of a sweep on a fast machine)."""
+    import os
+    import time
+
+    from mimic_runner.training.run import sweep_outcome
+
+    now = time.time()
+
+    def run(name: str, config_at: float, metrics_at: float | None) -> None:
+        d = tmp_path / name / ".hydra"
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text("{}")
+        os.utime(d / "config.yaml", (config_at, config_at))
+        if metrics_at is not None:
+            (d.parent / "metrics.json").write_text("{}")
+            os.utime(d.parent / "metrics.json", (metrics_at, metrics_at))
+
+    since = now - 2.0  # the sweep's start, with its slack
+    run("finished_just_before", config_at=now + 0.5, metrics_at=now - 0.5)
+    run("trained_now", config_at=now + 0.5, metrics_at=now + 3.0)
+    run("earlier_invocation", config_at=now - 60, metrics_at=now - 50)
+    run("crashed_now", config_at=now + 0.5, metrics_at=None)
+    out = sweep_outcome(tmp_path, since)
+    assert [d.name for d in out.skipped] == ["finished_just_before"]
+    assert [d.name for d in out.trained] == ["trained_now"]
+    assert [d.name for d in out.incomplete] == ["crashed_now"]
+    assert out.total == 3

@@ -268,17 +268,21 @@ class SweepOutcome:
 def sweep_outcome(sweep_dir: Path, since: float) -> SweepOutcome:
     """Classify the runs a sweep started at ``since`` (epoch seconds) touched.
 
-    Hydra rewrites a job's ``.hydra/config.yaml`` before calling it, skipped jobs included, so
-    that file's mtime tells which folders belong to this invocation (whatever the launcher);
-    ``metrics.json`` older than ``since`` means the run had finished before and was skipped.
+    Hydra rewrites a job's ``.hydra/config.yaml`` in the job's own process before calling it,
+    skipped jobs included, so that file's mtime tells which folders belong to this invocation
+    (whatever the launcher). A ``metrics.json`` older than that config was written by an earlier
+    invocation: the run was skipped. (Comparing with ``since`` instead miscounted a run that had
+    finished within the slack of a sweep started right after it; both files here come from one
+    process, on one clock.)
     """
     out = SweepOutcome()
     for d in find_run_dirs(sweep_dir):
-        if (d / ".hydra" / "config.yaml").stat().st_mtime < since:
+        config_mtime = (d / ".hydra" / "config.yaml").stat().st_mtime
+        if config_mtime < since:
             continue  # a run of an earlier, different invocation
         status = run_status(d)
         if status == "finished":
-            fresh = (d / "metrics.json").stat().st_mtime >= since
+            fresh = (d / "metrics.json").stat().st_mtime >= config_mtime
             (out.trained if fresh else out.skipped).append(d)
         elif status == "failed":
             out.failed.append(d)
