@@ -62,10 +62,10 @@ class _DropAdverts(logging.Filter):
 
 def _quiet_lightning() -> None:
     """Silence console noise no user can act on (library adverts and internal deprecations)."""
-    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
-            logger.addFilter(_DropAdverts())
+    # rank_zero_info logs on this logger; a logger's filters see only its own records.
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+        logger.addFilter(_DropAdverts())
     # Lightning 2.6's own use of a deprecated torch pytree API, warned on every Trainer.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
