@@ -41,6 +41,16 @@ def test_round_trip(good: Path) -> None:
     assert arrays["images"].shape == (4, 1, 8, 8)
 
 
+def test_finding_is_an_optional_map(tmp_path: Path) -> None:
+    arrays = _arrays()
+    finding = np.zeros((12, 8, 8), bool)
+    finding[1, 2:5, 2:5] = True
+    path = write_dataset(tmp_path / "f.h5", **arrays, finding=finding)
+    loaded, info = read_dataset(path)
+    assert info.maps == ["gaze", "fixations", "confounder", "finding"]
+    assert loaded["finding"].dtype == np.bool_ and np.array_equal(loaded["finding"], finding)
+
+
 def test_write_refuses_to_overwrite(good: Path) -> None:
     from mimic_runner.errors import UserError
 
@@ -78,6 +88,10 @@ CASES = {
     "empty split": (_replace("split", np.zeros(12, np.uint8)), "the 'val' split is empty"),
     "schema version": (lambda f: f.attrs.__setitem__("schema_version", 99),
                        "'schema_version' is 99"),
+    "finding dtype": (lambda f: f.create_dataset("finding", data=np.zeros((12, 8, 8), np.uint8)),
+                      "key 'finding': dtype uint8, expected bool"),
+    "finding shape": (lambda f: f.create_dataset("finding", data=np.zeros((12, 8, 4), bool)),
+                      "key 'finding': shape (12, 8, 4)"),
 }
 
 

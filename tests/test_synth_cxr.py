@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 
 import h5py
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage, stats
 
 from mimic_runner.cli.data import main as data_main
 from mimic_runner.data import synth_cxr
-from mimic_runner.data._synth_common import CORNERS, marker_slots, sample_pixels
+from mimic_runner.data._synth_common import (
+    CORNERS,
+    CUE_SLOTS,
+    cue_presence,
+    marker_slots,
+    sample_pixels,
+)
+from mimic_runner.data.datamodule import HDF5DataModule, random_affine_batch
 from mimic_runner.data.schema import read_dataset, validate_dataset, write_dataset
 from mimic_runner.errors import UserError
 
@@ -48,7 +57,7 @@ def test_arrays_match_the_schema_and_write(generated, tmp_path):
 
     path = write_dataset(tmp_path / "cxr.h5", **data)
     info = validate_dataset(path)
-    assert info.maps == ["gaze", "fixations", "confounder"]
+    assert info.maps == ["gaze", "fixations", "confounder", "finding"]
     recorded = json.loads(info.attrs["synth_params"])
     assert recorded["n"] == N and recorded["confounder_strength"] == 0.9
     assert set(recorded) == set(inspect.signature(synth_cxr.generate).parameters)
@@ -203,3 +212,156 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1
     data_main(["synth-cxr", "--out", str(out), "--n", "30", "--size", "64", "--overwrite"])
     assert validate_dataset(out).n == 30
+
+
+# -- the default output is pinned; the benchmark variants --------------------------------------
+
+# sha256 of the arrays of small default-knob sets, computed with the generator as it was before
+# the `finding` key, the cues and gaze_finding_focus were added (GENERATOR_VERSION 1). Existing
+# runs on synth_cxr stay comparable only while these hold. (Float rounding in BLAS could in
+# principle differ on another CPU family; on x86-64 with the pinned wheels they are stable.)
+PINNED = {
+    "n=60 size=64 seed=3": (dict(n=60, size=64, seed=3),
+                            "fe3cdb2a867fcfbec283cdb502eb1a46bcd7195843e2146fb7655b3cc33323fc"),
+    "strength 0.5, noisy": (dict(n=30, size=48, seed=0, confounder_strength=0.5, noise=0.1),
+                            "a06629107580b013cfe259589d79e67d2b6d3d1291dbf85375ce4ce6c01d5f27"),
+    "no marker": (dict(n=36, size=64, seed=1, marker=False),
+                  "831258df8e4fa0b7110b95fdfb0a19b4640f617be2612b1668c99aab7a8c4a18"),
+}
+
+
+def _digest(data: dict) -> str:
+    h = hashlib.sha256()
+    for key in ("images", "labels", "split", "gaze", "fixations", "confounder"):
+        a = np.ascontiguousarray(data[key])
+        h.update(key.encode())
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    h.update("\n".join(map(str, data["ids"])).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_default_output_is_unchanged(case):
+    knobs, digest = PINNED[case]
+    assert _digest(synth_cxr.generate(**knobs)) == digest
+
+
+def test_finding_is_written_and_is_the_true_mask(generated, tmp_path):
+    data, truth = generated
+    assert data["finding"].dtype == bool and data["finding"].shape == (N, 128, 128)
+    assert np.array_equal(data["finding"], truth["finding"])
+    normal = data["labels"] == 0
+    assert not data["finding"][normal].any() and data["finding"][~normal].any(axis=(1, 2)).all()
+    path = write_dataset(tmp_path / "f.h5", **data)
+    arrays, info = read_dataset(path, split="test")
+    assert "finding" in info.maps
+    assert np.array_equal(arrays["finding"], data["finding"][data["split"] == 2])
+
+
+def _finding_share(data: dict) -> np.ndarray:
+    gaze = data["gaze"]
+    return (gaze * data["finding"]).sum(axis=(1, 2)) / gaze.sum(axis=(1, 2))
+
+
+def test_gaze_finding_focus_moves_dwell_onto_the_finding():
+    base = synth_cxr.generate(n=120, size=64, seed=2)
+    focused = synth_cxr.generate(n=120, size=64, seed=2, gaze_finding_focus=0.8)
+    labels = base["labels"]
+    for key in ("images", "labels", "split", "confounder", "fixations", "finding"):
+        assert np.array_equal(base[key], focused[key]), key  # only the dwell times change
+    normal = labels == 0
+    assert np.array_equal(base["gaze"][normal], focused["gaze"][normal])  # still a scan path
+    before, after = _finding_share(base), _finding_share(focused)
+    for k in (1, 2):
+        assert after[labels == k].mean() > before[labels == k].mean() + 0.08
+    assert after[labels == 1].mean() > 0.75 and after[labels == 2].mean() > 0.6
+    # About the same mass, placed elsewhere (the total dwell is kept; only the part of a
+    # Gaussian cut off by the image border differs).
+    assert np.allclose(base["gaze"].sum(axis=(1, 2)), focused["gaze"].sum(axis=(1, 2)),
+                       rtol=0.1)
+
+
+def test_cue_presence_is_class_correlated_in_train_only():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60000)
+    split = rng.integers(0, 3, 60000).astype(np.uint8)
+    s = 0.5
+    present = cue_presence(labels, split, 3, 6, s, rng)
+    train = split == 0
+    for j in range(6):
+        own = labels == j % 3
+        assert abs(present[train & own, j].mean() - (s + (1 - s) / 2)) < 0.02
+        assert abs(present[train & ~own, j].mean() - (1 - s) / 2) < 0.02
+        rate = present[train, j].mean()
+        assert abs(present[~train & own, j].mean() - rate) < 0.02
+        assert abs(present[~train & ~own, j].mean() - rate) < 0.02
+
+
+def test_cues_variant_adds_weak_cues_to_the_clean_images():
+    clean = synth_cxr.generate(n=150, size=64, seed=4, marker=False)
+    data, truth = synth_cxr.generate_with_truth(n=150, size=64, seed=4, marker=False, cues=6)
+    conf, present = data["confounder"], truth["cue_present"]
+    assert present.shape == (150, 6)
+    assert np.array_equal(conf.any(axis=(1, 2)), present.any(axis=1))
+    # The same images as without cues, except on the cue pixels.
+    assert np.array_equal(data["images"][:, 0][~conf], clean["images"][:, 0][~conf])
+    assert (data["images"][:, 0][conf] > 180).all()
+    for key in ("labels", "split", "finding"):
+        assert np.array_equal(data[key], clean[key]), key
+    # Never on the anatomy or the finding; never looked at.
+    assert not (conf & (truth["lungs"] | truth["heart"] | truth["finding"])).any()
+    assert (data["gaze"][conf] == 0).all() and not (data["fixations"] & conf).any()
+    # Each cue has its own place: over all images, their pixels form six separate clusters.
+    places = ndimage.binary_dilation(conf.any(axis=0), iterations=2)
+    assert ndimage.label(places)[1] == 6
+    attrs = data["extra_attrs"]
+    assert attrs["cue_slots"].split(",") == list(CUE_SLOTS)
+    assert attrs["cue_classes"].split(",") == ["Normal", "CHF", "pneumonia"] * 2
+    assert "weak cues" in attrs["confounder_meaning"]
+
+
+def test_cues_and_marker_together_and_bad_cue_knobs():
+    data, truth = synth_cxr.generate_with_truth(n=30, size=64, seed=0, cues=2)
+    assert (truth["marker_slot"] >= 0).all() and "marker" in data["extra_attrs"][
+        "confounder_meaning"]
+    with pytest.raises(UserError, match="cues=7 is out of range"):
+        synth_cxr.generate(n=30, cues=7)
+    with pytest.raises(UserError, match="gaze_finding_focus"):
+        synth_cxr.generate(n=30, gaze_finding_focus=1.5)
+    with pytest.raises(UserError, match="should be of type int"):
+        synth_cxr.generate(n=30, cues=2.0)
+
+
+@pytest.mark.parametrize("option", ["synth_cxr_clean", "synth_cxr_cues"])
+def test_conf_variants_generate(option):
+    from omegaconf import OmegaConf
+
+    from mimic_runner.paths import conf_dir
+
+    cfg = OmegaConf.load(conf_dir() / "data" / f"{option}.yaml")
+    assert cfg.defaults == ["synth_cxr"] and cfg.name == option
+    params = {**OmegaConf.to_container(cfg.synth.params), "n": 30, "size": 64}
+    data = synth_cxr.generate(**params)
+    assert params["marker"] is False and params["gaze_finding_focus"] > 0
+    if option == "synth_cxr_clean":
+        assert not data["confounder"].any()
+    else:
+        assert params["cues"] >= 2 and data["confounder"].any()
+
+
+def test_datamodule_batches_carry_finding(tmp_path):
+    data = synth_cxr.generate(n=30, size=64, seed=1, cues=2)
+    path = write_dataset(tmp_path / "d.h5", **data)
+    dm = HDF5DataModule(name="t", path=str(path), image_size=48, eval_batch_size=4)
+    dm.setup()
+    assert dm.maps == ["gaze", "fixations", "confounder", "finding"]
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["finding"].dtype == torch.bool and batch["finding"].shape == (4, 48, 48)
+    rows = np.flatnonzero(data["split"] == 2)[:4]
+    assert batch["finding"].any(dim=(1, 2)).tolist() == data["finding"][rows].any(
+        axis=(1, 2)).tolist()
+    warped = random_affine_batch({**batch, "image": batch["image"].float()},
+                                 torch.Generator().manual_seed(0))
+    assert warped["finding"].dtype == torch.bool and warped["finding"].shape == (4, 48, 48)

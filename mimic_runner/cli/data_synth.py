@@ -6,12 +6,11 @@ import argparse
 import inspect
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from mimic_runner.data import synth_cxr, synth_smear
-from mimic_runner.data.schema import SPLITS, write_dataset
+from mimic_runner.data.schema import SPLITS, check_output_file, write_dataset
 from mimic_runner.errors import UserError
 
 GENERATORS: dict[str, tuple[ModuleType, str]] = {
@@ -24,6 +23,16 @@ GENERATORS: dict[str, tuple[ModuleType, str]] = {
 _OPTIONS = {"n": "--n", "size": "--size", "seed": "--seed",
             "confounder_strength": "--confounder-strength"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# The benchmark variants of conf/data, as knobs (keep in step with those files).
+_VARIANTS = {
+    "synth-cxr": (
+        "benchmark variants (mimic-run data=...; the same data as a file with these knobs):\n"
+        "  synth_cxr_clean  no shortcut, gaze dwells on the finding:\n"
+        "                   --set marker=false gaze_finding_focus=0.8\n"
+        "  synth_cxr_cues   six weak class-correlated cues instead of the marker:\n"
+        "                   --set marker=false cues=6 cue_strength=0.5 gaze_finding_focus=0.8\n"
+        "Every file also holds `finding`, the finding's true mask.\n"),
+}
 
 
 def knob_defaults(generate: Callable[..., Any]) -> dict[str, Any]:
@@ -77,9 +86,8 @@ def resolve_knobs(args: argparse.Namespace, generate: Callable[..., Any]) -> dic
 
 
 def _run(module: ModuleType, args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:  # fail before spending time on generation
-        raise UserError(f"{out}: output exists; pass --overwrite to replace it")
+    # Fail before spending time on generation: existing file, a folder, an unwritable place.
+    out = check_output_file(args.out, args.overwrite)
     params = resolve_knobs(args, module.generate)
     start = time.perf_counter()
     data = module.generate(**params)
@@ -89,6 +97,8 @@ def _run(module: ModuleType, args: argparse.Namespace) -> None:
     images = data["images"]
     shortcut = (f"confounder_strength {params['confounder_strength']:g}" if params["marker"]
                 else "no marker")
+    if params.get("cues"):
+        shortcut += f", {params['cues']} weak cues (cue_strength {params['cue_strength']:g})"
     counts = "/".join(str(int((data["split"] == i).sum())) for i in range(len(SPLITS)))
     print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}x"
           f"{images.shape[3]}, classes {'/'.join(data['class_names'])}, "
@@ -105,7 +115,7 @@ def add_synth_parsers(subparsers: Any) -> None:
         p = subparsers.add_parser(
             command, help=f"generate {what}",
             description=f"Generate {what} into an HDF5 dataset file.",
-            epilog=f"knobs for --set (defaults):\n{knob_help}\n"
+            epilog=f"knobs for --set (defaults):\n{knob_help}\n{_VARIANTS.get(command, '')}"
                    f"See mimic_runner.data.{module.__name__.rsplit('.', 1)[-1]}.generate.",
             formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--out", required=True, metavar="FILE", help="output .h5 file")

@@ -56,12 +56,14 @@ def balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.nd
     return rng.permutation(np.arange(n) % num_classes).astype(np.int64)
 
 
-def stratified_split(labels: np.ndarray, num_classes: int, val_frac: float, test_frac: float,
-                     rng: np.random.Generator) -> np.ndarray:
-    """uint8 split codes (0 train, 1 val, 2 test), stratified by class.
+def stratified_split_nonempty(labels: np.ndarray, num_classes: int, val_frac: float,
+                              test_frac: float, rng: np.random.Generator) -> np.ndarray:
+    """uint8 split codes (0 train, 1 val, 2 test), stratified by class, no split empty.
 
-    Every class puts at least one image in each split, so callers must check that each class
-    has at least three images.
+    Every class puts at least one image in val and in test (a fraction that rounds to 0 still
+    gets one), so callers must check that each class has at least three images. Not the
+    preparers' :func:`mimic_runner.data.prepare._common.stratified_split_keep_train`, which
+    honours a zero fraction and instead keeps a training image per class.
     """
     split = np.zeros(len(labels), dtype=np.uint8)
     for k in range(num_classes):
@@ -133,6 +135,78 @@ def letter_l(box: int) -> np.ndarray:
     lo, hi = box // 8, box - box // 8  # a thin empty rim, like a printed letter's side bearing
     glyph[lo:hi, lo:lo + stroke] = True
     glyph[hi - stroke:hi, lo:hi] = True
+    return glyph
+
+
+# Slots of the weak spurious cues (``cues`` in :mod:`.synth_cxr`): places on the image border
+# that hold no lungs, heart or finding under the pose jitter (checked on 3000 images at 64 and
+# 128 px; at 48 px the left and right cues touch a lung edge in about 1 image in 300), away
+# from the marker's corners.
+# Each is (edge, position of the cue's centre along that edge as a fraction of the side).
+CUE_SLOTS: dict[str, tuple[str, float]] = {
+    "top": ("top", 0.5), "bottom": ("bottom", 0.5), "left": ("left", 0.62),
+    "right": ("right", 0.62), "bottom-left": ("bottom", 0.25), "bottom-right": ("bottom", 0.75),
+}
+
+
+def cue_presence(labels: np.ndarray, split: np.ndarray, num_classes: int, cues: int,
+                 strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Which of ``cues`` weak cues each image carries: bool ``(N, cues)``.
+
+    Cue ``j`` belongs to class ``j % num_classes``. In train, with probability ``strength`` an
+    image carries cue j exactly when it is of that class, otherwise by a fair coin; so
+    P(cue | its class) = s + (1 - s)/2 and P(cue | other class) = (1 - s)/2. In val and test
+    every image carries each cue with the train split's overall rate, independent of the class.
+    """
+    n = len(labels)
+    owner = np.arange(cues) % num_classes
+    follow = rng.random((n, cues)) < strength
+    coin = rng.random((n, cues)) < 0.5
+    in_train = np.where(follow, labels[:, None] == owner[None, :], coin)
+    rate = strength / num_classes + (1 - strength) / 2
+    in_eval = rng.random((n, cues)) < rate
+    return np.where((split == 0)[:, None], in_train, in_eval)
+
+
+def cue_origins(slot: str, size: int, box: int, margin: np.ndarray, shift: np.ndarray,
+                ) -> np.ndarray:
+    """Top-left pixel ``(row, col)`` (B, 2) of a ``box`` x ``box`` cue in ``CUE_SLOTS[slot]``.
+
+    ``margin`` (B,) is the gap to the border, ``shift`` (B,) a displacement along the edge.
+    """
+    edge, along = CUE_SLOTS[slot]
+    centre = np.clip(round(along * size - box / 2) + shift, 0, size - box)
+    near, far = margin, size - box - margin
+    if edge in ("top", "bottom"):
+        rows = near if edge == "top" else far
+        return np.stack([rows, centre], axis=1).astype(np.int64)
+    cols = near if edge == "left" else far
+    return np.stack([centre, cols], axis=1).astype(np.int64)
+
+
+def cue_glyph(index: int, box: int) -> np.ndarray:
+    """A ``box`` x ``box`` boolean glyph, different for consecutive cues: a hollow square, a
+    plus, a dot, a bar, a cross and a solid square, like pen marks, clips or electrodes."""
+    glyph = np.zeros((box, box), dtype=bool)
+    mid, stroke = box // 2, max(1, round(box / 4))
+    lo, hi = mid - stroke // 2, mid - stroke // 2 + stroke
+    kind = index % 6
+    if kind == 0:
+        glyph[:, :] = True
+        glyph[stroke:box - stroke, stroke:box - stroke] = False
+    elif kind == 1:
+        glyph[lo:hi, :] = True
+        glyph[:, lo:hi] = True
+    elif kind == 2:
+        r, c = np.ogrid[:box, :box]
+        glyph[(r - (box - 1) / 2) ** 2 + (c - (box - 1) / 2) ** 2 <= (box / 2) ** 2] = True
+    elif kind == 3:
+        glyph[lo:hi, :] = True
+    elif kind == 4:
+        r, c = np.ogrid[:box, :box]
+        glyph[(np.abs(r - c) < stroke) | (np.abs(r + c - (box - 1)) < stroke)] = True
+    else:
+        glyph[:, :] = True
     return glyph
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,16 @@ def ensure_synth(kind: str, params: dict[str, Any], cache_dir: str | Path) -> Pa
     path = synth_cache_path(kind, params, cache_dir)
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Refuse an unusable cache folder before generating (and before the lock file needs it).
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cache folder {path.parent}: cannot create it "
+                        f"({exc.strerror or exc}); set paths.cache_dir to a writable "
+                        "folder") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserError(f"cache folder {path.parent} is not writable; set paths.cache_dir to "
+                        "a writable folder")
     with FileLock(str(path) + ".lock"):
         if not path.exists():  # another job may have finished it while we waited
             module = importlib.import_module(f"mimic_runner.data.{kind}")

@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mimic_runner.data.schema import SPLITS, DatasetInfo, read_dataset, validate_dataset
+from mimic_runner.data.schema import (
+    MAP_KEYS,
+    MIN_IMAGE_SIDE,
+    SPLITS,
+    DatasetInfo,
+    read_dataset,
+    validate_dataset,
+)
 from mimic_runner.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,7 +94,7 @@ def random_affine_batch(batch: dict[str, Tensor], generator: torch.Generator,
     out = dict(batch)
     out["image"] = F.grid_sample(img, grid, mode="bilinear", padding_mode="border",
                                  align_corners=False)
-    for key in ("gaze", "fixations", "confounder"):
+    for key in MAP_KEYS:
         if key in batch:
             m = batch[key].unsqueeze(1).float()
             mode = "bilinear" if key == "gaze" else "nearest"
@@ -100,9 +107,10 @@ class HDF5DataModule(L.LightningDataModule):
     """Train/val/test from the file's ``split``; images as float tensors, maps alongside.
 
     Batches are dicts: ``image`` (B, C, H, W) normalised float, ``label`` (B,), ``index`` (B,)
-    (row in the split, for ids), and ``gaze`` (B, H, W) float, ``fixations``/``confounder``
-    (B, H, W) bool when the file has them. The file is small enough to hold in memory; reading
-    it once avoids per-item HDF5 access in workers.
+    (row in the split, for ids), and ``gaze`` (B, H, W) float, ``fixations``/``confounder``/
+    ``finding`` (B, H, W) bool when the file has them (:attr:`maps` lists those present).
+    The file is small enough to hold in memory; reading it once avoids per-item HDF5 access in
+    workers.
     """
 
     def __init__(
@@ -120,6 +128,18 @@ class HDF5DataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        # Checked here as well as in the run's config validation: the module is also built
+        # directly (scripts, notebooks), and a bad value would otherwise fail deep in torch.
+        for what, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"data.{what}={value!r}: use a whole number of images >= 1")
+        if image_size is not None and (not isinstance(image_size, int)
+                                       or isinstance(image_size, bool)
+                                       or image_size < MIN_IMAGE_SIDE):
+            raise UserError(f"data.image_size={image_size!r}: use null (keep the file's size) "
+                            f"or a side of at least {MIN_IMAGE_SIDE} px")
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise UserError(f"data.num_workers={num_workers!r}: use 0 or more")
         self.name = name
         self.path = path
         self.synth = dict(synth) if synth else None

@@ -1,22 +1,27 @@
-"""The HDF5 dataset schema (see DESIGN.md): writer, validator and reader.
+"""The HDF5 dataset schema (README, "Data: bring your own"): writer, validator and reader.
 
 | key          | dtype, shape              | meaning                                   |
 | ------------ | ------------------------- | ----------------------------------------- |
-| `images`     | uint8 (N, C, H, W)        | C = 1 (grey) or 3 (RGB)                   |
+| `images`     | uint8 (N, C, H, W)        | C = 1 (grey) or 3 (RGB); H, W >= 8        |
 | `labels`     | int64 (N,)                | index into `attrs["class_names"]`         |
 | `split`      | uint8 (N,)                | 0 train, 1 val, 2 test                    |
 | `ids`        | utf-8 str (N,)            | stable image ids                          |
 | `gaze`       | float32 (N, H, W), opt.   | human attention heatmap, non-negative     |
 | `fixations`  | bool (N, H, W), opt.      | pixels holding at least one fixation      |
 | `confounder` | bool (N, H, W), opt.      | where a known shortcut artefact lies      |
+| `finding`    | bool (N, H, W), opt.      | the finding's true extent (all False when |
+|              |                           | the image has none, e.g. Normal)          |
 
-Attributes: `class_names`, `schema_version`, `source`, `aligned`.
+Attributes: `class_names` (a list of strings, not one string), `schema_version` (the integer
+1), `source`, `aligned`.
 Every problem is raised as :class:`~mimic_runner.errors.DatasetError` naming the file, the key
-and what is wrong.
+and what is wrong, before anything large is read: the declared array sizes are checked against
+the memory available first, and data are read in bounded blocks.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,14 +30,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mimic_runner.errors import DatasetError
+from mimic_runner.errors import DatasetError, UserError
 from mimic_runner.io import atomic_path
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = ("images", "labels", "split", "ids")
-MAP_KEYS = ("gaze", "fixations", "confounder")
-_CHUNK = 256  # rows read at a time while validating, to bound memory on big files
+# Optional per-pixel maps, in the order they are listed and loaded, with their dtypes.
+MAP_DTYPES: dict[str, type] = {"gaze": np.float32, "fixations": np.bool_,
+                               "confounder": np.bool_, "finding": np.bool_}
+MAP_KEYS = tuple(MAP_DTYPES)
+# Smallest image side accepted. Every backbone downsamples by at least 8 (the small CNN by 8,
+# ResNet/DenseNet/EfficientNet by 32), so anything smaller leaves no spatial map to explain.
+MIN_IMAGE_SIDE = 8
+_BLOCK_BYTES = 64 << 20  # validation reads at most about this much at a time
+_ID_BYTES = 64  # rough in-memory cost of one id string, for the memory estimate
 
 
 @dataclass
@@ -55,6 +67,74 @@ class DatasetInfo:
         return len(self.class_names)
 
 
+# --------------------------------------------------------------------------- writing
+
+
+def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse, before any work is done, an output file that cannot be written.
+
+    The writer creates missing folders, so the first folder of the path that exists must be a
+    writable folder (not a file). Raises a :class:`UserError` naming the path and what to do.
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{out}: output is a directory; give a file name such as "
+                        f"{out / 'data.h5'}")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: output exists; pass --overwrite to replace it")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{out}: cannot create the output folder: {existing} is a file; "
+                        "choose another output path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: the folder {existing} is not writable; choose another output "
+                        "path or fix its permissions")
+    return out
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write a finished file image to ``path`` and flush it to disk."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _file_image(
+    images: np.ndarray, labels: np.ndarray, split: np.ndarray, ids: Sequence[str] | np.ndarray,
+    class_names: Sequence[str], maps: dict[str, np.ndarray | None], source: str, aligned: bool,
+    extra_attrs: dict[str, object] | None, name: str,
+) -> bytes:
+    """The bytes of the HDF5 file holding these arrays, built in memory.
+
+    Building the file in memory and writing it with plain file I/O keeps a full disk a clean
+    ``OSError``: HDF5 writing straight to a full disk leaves unflushable objects behind that
+    print errors at every later deallocation and crashed the interpreter at exit (segfault).
+    """
+    with h5py.File(name, "w", driver="core", backing_store=False) as f:
+        chunks = (1, *images.shape[1:])
+        f.create_dataset("images", data=np.asarray(images, dtype=np.uint8), chunks=chunks)
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        f.create_dataset("split", data=np.asarray(split, dtype=np.uint8))
+        f.create_dataset("ids", data=np.asarray([str(i) for i in ids], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        for key, arr in maps.items():
+            if arr is not None:
+                f.create_dataset(key, data=np.asarray(arr, dtype=MAP_DTYPES[key]),
+                                 chunks=(1, *arr.shape[1:]), compression="gzip",
+                                 compression_opts=1)
+        f.attrs["class_names"] = np.asarray(list(class_names), dtype=object)
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["source"] = source
+        f.attrs["aligned"] = bool(aligned)
+        for k, v in (extra_attrs or {}).items():
+            f.attrs[k] = v
+        f.flush()
+        return bytes(f.id.get_file_image())
+
+
 def write_dataset(
     path: str | os.PathLike[str],
     *,
@@ -66,35 +146,46 @@ def write_dataset(
     gaze: np.ndarray | None = None,
     fixations: np.ndarray | None = None,
     confounder: np.ndarray | None = None,
+    finding: np.ndarray | None = None,
     source: str = "",
     aligned: bool = True,
     overwrite: bool = False,
     extra_attrs: dict[str, object] | None = None,
 ) -> Path:
-    """Write a dataset atomically (temporary file, validated, then renamed) and return its path."""
-    final = Path(path)
-    with atomic_path(final, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            chunks = (1, *images.shape[1:])
-            f.create_dataset("images", data=np.asarray(images, dtype=np.uint8), chunks=chunks)
-            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-            f.create_dataset("split", data=np.asarray(split, dtype=np.uint8))
-            f.create_dataset("ids", data=np.asarray([str(i) for i in ids], dtype=object),
-                             dtype=h5py.string_dtype("utf-8"))
-            for key, arr, dtype in (("gaze", gaze, np.float32), ("fixations", fixations, bool),
-                                    ("confounder", confounder, bool)):
-                if arr is not None:
-                    f.create_dataset(key, data=np.asarray(arr, dtype=dtype),
-                                     chunks=(1, *arr.shape[1:]), compression="gzip",
-                                     compression_opts=1)
-            f.attrs["class_names"] = np.asarray(list(class_names), dtype=object)
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["source"] = source
-            f.attrs["aligned"] = bool(aligned)
-            for k, v in (extra_attrs or {}).items():
-                f.attrs[k] = v
-        validate_dataset(tmp, require_splits=(), display_path=final)
+    """Write a dataset atomically (temporary file, validated, then renamed) and return its path.
+
+    A write that fails (full disk, quota, file-size limit) raises a :class:`UserError` and leaves
+    no file behind.
+    """
+    final = check_output_file(path, overwrite)
+    maps = {"gaze": gaze, "fixations": fixations, "confounder": confounder, "finding": finding}
+    image = _file_image(images, labels, split, ids, class_names, maps, source, aligned,
+                        extra_attrs, name=f"{final.name}.{os.getpid()}.in-memory")
+    try:
+        with atomic_path(final, overwrite=overwrite) as tmp:
+            _write_bytes(tmp, image)
+            validate_dataset(tmp, require_splits=(), display_path=final, check_memory=False)
+    except OSError as exc:
+        raise UserError(f"{final}: cannot write the dataset ({_write_problem(exc)}); nothing "
+                        "was written. Free some space or choose another output folder") from None
     return final
+
+
+def _write_problem(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    if exc.errno == errno.EFBIG:
+        return "file too large for the file system or the process's file-size limit"
+    return _one_line(exc)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (HDF5's messages span several)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _decode(value: object) -> object:
@@ -107,44 +198,157 @@ def _decode(value: object) -> object:
     return value
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process may still allocate, or None when unknown.
+
+    ``MemAvailable`` of ``/proc/meminfo``, capped by a cgroup v2 memory limit (containers and
+    SLURM jobs see the host's memory in ``/proc/meminfo``); elsewhere the physical memory.
+    """
+    avail: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            room = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:.3g} MiB"
+
+
+def declared_bytes(f: h5py.File) -> int:
+    """In-memory size of everything :func:`read_dataset` would load, from the shapes alone."""
+    total = 0
+    for key in (*REQUIRED_KEYS, *MAP_KEYS):
+        if key in f and isinstance(f[key], h5py.Dataset):
+            ds = f[key]
+            item = _ID_BYTES if key == "ids" else ds.dtype.itemsize
+            total += int(np.prod(ds.shape, dtype=object)) * item
+    return total
+
+
+def _read(ds: h5py.Dataset, sel: slice | tuple[()], shown: Path, key: str) -> np.ndarray:
+    """``ds[sel]``; an unreadable chunk (corrupted or truncated file) becomes one clear line."""
+    try:
+        return ds[sel]
+    except OSError as exc:
+        raise DatasetError(f"{shown}: key '{key}': the stored data cannot be read "
+                           f"({_one_line(exc)}); the file is damaged (a corrupted or truncated "
+                           "chunk): copy or generate it again") from None
+
+
+def _rows_per_block(ds: h5py.Dataset) -> int:
+    row = int(np.prod(ds.shape[1:], dtype=object)) * ds.dtype.itemsize
+    return max(1, _BLOCK_BYTES // max(1, row))
+
+
+def _read_ids(ds: h5py.Dataset, shown: Path) -> np.ndarray:
+    """The ids as an object array of str; a row that is not UTF-8 is named."""
+    out = np.empty(ds.shape[0], dtype=object)
+    step = max(1, _BLOCK_BYTES // _ID_BYTES)
+    for start in range(0, ds.shape[0], step):
+        block = _read(ds, slice(start, start + step), shown, "ids")
+        for i, raw in enumerate(block.tolist()):
+            if isinstance(raw, bytes):
+                try:
+                    raw = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DatasetError(
+                        f"{shown}: key 'ids': row {start + i} is not valid UTF-8 ({raw[:24]!r}); "
+                        "store the ids as UTF-8 text") from None
+            out[start + i] = str(raw)
+    return out
+
+
 def validate_dataset(
     path: str | os.PathLike[str],
     require_splits: Sequence[str] = SPLITS,
     display_path: str | os.PathLike[str] | None = None,
+    *,
+    check_memory: bool = True,
+    deep: bool = False,
 ) -> DatasetInfo:
     """Check a file against the schema and return a :class:`DatasetInfo`.
 
-    ``require_splits`` names the splits that must hold at least one image.
+    ``require_splits`` names the splits that must hold at least one image. ``check_memory``
+    refuses a file whose arrays would not fit in the memory available (the runner loads a
+    dataset whole). ``deep`` also reads every array in bounded blocks, so that a damaged
+    chunk is reported now rather than when training starts.
     """
     p = Path(path)
     shown = Path(display_path) if display_path is not None else p
+    if p.is_dir():
+        raise DatasetError(f"{shown}: is a directory, not a dataset file; pass the .h5 file "
+                           "itself")
     if not p.exists():
         raise DatasetError(f"{shown}: no such dataset file; create it with `mimic-data synth-cxr "
                            f"--out {shown}` or `mimic-data prepare ...`")
+    if not os.access(p, os.R_OK):
+        raise DatasetError(f"{shown}: permission denied; make the file readable")
     try:
         f = h5py.File(p, "r")
     except OSError as exc:
-        raise DatasetError(f"{shown}: not a readable HDF5 file ({exc})") from None
+        raise DatasetError(f"{shown}: not a readable HDF5 file ({_one_line(exc)})") from None
 
     def fail(key: str, problem: str) -> DatasetError:
         return DatasetError(f"{shown}: key '{key}': {problem}")
 
+    def attr(name: str) -> object:
+        try:
+            return _decode(f.attrs[name]) if name in f.attrs else None
+        except (UnicodeDecodeError, OSError, TypeError) as exc:
+            raise DatasetError(f"{shown}: attribute '{name}' cannot be read "
+                               f"({_one_line(exc)})") from None
+
     with f:
-        for key in REQUIRED_KEYS:
+        for key in (*REQUIRED_KEYS, *MAP_KEYS):
             if key not in f:
+                if key in MAP_KEYS:
+                    continue
                 return_keys = ", ".join(sorted(f.keys())) or "none"
                 raise fail(key, f"missing (the file has: {return_keys}); see the schema in README")
-        version = _decode(f.attrs.get("schema_version", None))
+            if not isinstance(f[key], h5py.Dataset):
+                raise fail(key, "is a group; expected an array (see the schema in README)")
+        version = attr("schema_version")
         if version is None:
             raise DatasetError(f"{shown}: attribute 'schema_version' missing")
-        if int(version) != SCHEMA_VERSION:  # type: ignore[arg-type]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise DatasetError(f"{shown}: attribute 'schema_version' is {version!r} "
+                               f"({type(version).__name__}); expected the integer "
+                               f"{SCHEMA_VERSION} (write it as f.attrs['schema_version'] = "
+                               f"{SCHEMA_VERSION})")
+        if version != SCHEMA_VERSION:
             raise DatasetError(f"{shown}: attribute 'schema_version' is {version}, this version "
                                f"of mimic-runner reads {SCHEMA_VERSION}")
-        if "class_names" not in f.attrs:
+        class_names = attr("class_names")
+        if class_names is None:
             raise DatasetError(f"{shown}: attribute 'class_names' missing")
-        class_names = [str(c) for c in _decode(f.attrs["class_names"])]  # type: ignore[union-attr]
+        if isinstance(class_names, str):
+            # A plain string would otherwise be read as one class per character.
+            raise DatasetError(f"{shown}: attribute 'class_names' is the single string "
+                               f"{class_names[:40]!r}; store one string per class, e.g. "
+                               "f.attrs['class_names'] = ['Normal', 'CHF']")
+        if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
+            raise DatasetError(f"{shown}: attribute 'class_names' is {class_names!r:.60}; "
+                               "expected a list of strings, one per class")
         if len(class_names) < 2:
             raise DatasetError(f"{shown}: attribute 'class_names' must name at least 2 classes")
+        if len(set(class_names)) != len(class_names):
+            raise DatasetError(f"{shown}: attribute 'class_names' repeats a name: {class_names}")
 
         images = f["images"]
         if images.dtype != np.uint8:
@@ -154,6 +358,10 @@ def validate_dataset(
         n, c, h, w = images.shape
         if n == 0:
             raise fail("images", "holds no images")
+        if min(h, w) < MIN_IMAGE_SIDE:
+            raise fail("images", f"images are {h}x{w} px; mimic-runner needs at least "
+                                 f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} (every backbone downsamples "
+                                 "by 8 or more): prepare the data at a larger size")
         for key, dtype, shape in (("labels", np.int64, (n,)), ("split", np.uint8, (n,)),
                                   ("ids", None, (n,))):
             ds = f[key]
@@ -163,13 +371,34 @@ def validate_dataset(
                 raise fail(key, f"dtype {ds.dtype}, expected {np.dtype(dtype)}")
         if h5py.check_string_dtype(f["ids"].dtype) is None:
             raise fail("ids", f"dtype {f['ids'].dtype}, expected utf-8 strings")
-        labels = f["labels"][()]
+        maps = []
+        for key, dtype in MAP_DTYPES.items():
+            if key not in f:
+                continue
+            ds = f[key]
+            if ds.shape != (n, h, w):
+                raise fail(key, f"shape {ds.shape}, expected {(n, h, w)} to match 'images'")
+            if ds.dtype != dtype:
+                raise fail(key, f"dtype {ds.dtype}, expected {np.dtype(dtype)}")
+            maps.append(key)
+        # Shapes are consistent: now make sure loading the file cannot exhaust memory, before
+        # reading anything of size N.
+        if check_memory:
+            needed, avail = declared_bytes(f), available_memory()
+            if avail is not None and needed > avail:
+                raise fail("images", f"the file declares {n} images of {c}x{h}x{w} px; loading "
+                                     f"them with their maps needs {_gib(needed)} of memory but "
+                                     f"only {_gib(avail)} is available (mimic-runner holds a "
+                                     "dataset in memory): prepare it at a smaller size or with "
+                                     "fewer images")
+
+        labels = _read(f["labels"], (), shown, "labels")
         bad = (labels < 0) | (labels >= len(class_names))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise fail("labels", f"label {int(labels[i])} at row {i} is out of range "
                                  f"0..{len(class_names) - 1} ({len(class_names)} class_names)")
-        split = f["split"][()]
+        split = _read(f["split"], (), shown, "split")
         if not np.isin(split, (0, 1, 2)).all():
             i = int(np.flatnonzero(~np.isin(split, (0, 1, 2)))[0])
             raise fail("split",
@@ -178,38 +407,35 @@ def validate_dataset(
         for name in require_splits:
             if split_counts[name] == 0:
                 raise fail("split", f"the '{name}' split is empty; assign some images to it")
-        ids = f["ids"].asstr()[()]
+        ids = _read_ids(f["ids"], shown)
         if len(set(ids.tolist())) != n:
             raise fail("ids", "ids are not unique")
 
-        maps = []
-        for key, dtype in (("gaze", np.float32), ("fixations", np.bool_),
-                           ("confounder", np.bool_)):
-            if key not in f:
-                continue
-            ds = f[key]
-            if ds.shape != (n, h, w):
-                raise fail(key, f"shape {ds.shape}, expected {(n, h, w)} to match 'images'")
-            if ds.dtype != dtype:
-                raise fail(key, f"dtype {ds.dtype}, expected {np.dtype(dtype)}")
-            if key == "gaze":
-                for start in range(0, n, _CHUNK):
-                    block = ds[start:start + _CHUNK]
-                    if not np.isfinite(block).all():
-                        i = start + int(np.flatnonzero(~np.isfinite(block).all(axis=(1, 2)))[0])
-                        raise fail(key, f"NaN or Inf at row {i} (id {ids[i]})")
-                    if (block < 0).any():
-                        i = start + int(np.flatnonzero((block < 0).any(axis=(1, 2)))[0])
-                        raise fail(key, f"negative values at row {i} (id {ids[i]}); gaze must "
-                                        "be non-negative")
-            maps.append(key)
+        if "gaze" in maps:
+            ds = f["gaze"]
+            step = _rows_per_block(ds)
+            for start in range(0, n, step):
+                block = _read(ds, slice(start, start + step), shown, "gaze")
+                if not np.isfinite(block).all():
+                    i = start + int(np.flatnonzero(~np.isfinite(block).all(axis=(1, 2)))[0])
+                    raise fail("gaze", f"NaN or Inf at row {i} (id {ids[i]})")
+                if (block < 0).any():
+                    i = start + int(np.flatnonzero((block < 0).any(axis=(1, 2)))[0])
+                    raise fail("gaze", f"negative values at row {i} (id {ids[i]}); gaze must "
+                                       "be non-negative")
+        if deep:
+            for key in ("images", *[m for m in maps if m != "gaze"]):
+                ds = f[key]
+                step = _rows_per_block(ds)
+                for start in range(0, n, step):
+                    _read(ds, slice(start, start + step), shown, key)
 
         class_counts = {
             name: {cn: int(((split == i) & (labels == k)).sum())
                    for k, cn in enumerate(class_names)}
             for i, name in enumerate(SPLITS)
         }
-        attrs = {k: _decode(v) for k, v in f.attrs.items()}
+        attrs = {k: attr(k) for k in f.attrs}
     return DatasetInfo(path=p, n=n, channels=c, height=h, width=w, class_names=class_names,
                        maps=maps, split_counts=split_counts, class_counts=class_counts, attrs=attrs)
 
@@ -240,6 +466,7 @@ def read_dataset(
         for key in wanted:
             if key not in f:
                 raise DatasetError(f"{info.path}: key '{key}': missing")
-            ds = f[key].asstr() if key == "ids" else f[key]
-            out[key] = ds[()][sel] if isinstance(sel, np.ndarray) else ds[()]
+            arr = _read_ids(f[key], info.path) if key == "ids" else _read(f[key], (), info.path,
+                                                                         key)
+            out[key] = arr[sel] if isinstance(sel, np.ndarray) else arr
     return out, info

@@ -21,6 +21,18 @@ A stand-in for the EGD / MIMIC-CXR data of "Learning How to MIMIC" that generate
   the train label with accuracy ``s + (1 - s) / 3``; in val and test the corner is random. Its
   pixels are stored as ``confounder``. Fixations closer to the marker than the Gaussians'
   truncation radius are dropped, so ``gaze`` is exactly 0 on it.
+* **Weak cues** (``cues`` > 0, off by default) — small artefacts (a hollow square, a plus, a
+  dot, ...) at their own places on the border (:data:`._synth_common.CUE_SLOTS`), cue ``j``
+  belonging to class ``j % 3``: in train an image carries it with probability
+  ``s + (1 - s)/2`` when of that class and ``(1 - s)/2`` otherwise (``s = cue_strength``), in
+  val and test independently of the class. Each is only moderately predictive, so ensemble
+  members may adopt different ones. Their pixels join ``confounder``; gaze avoids them too.
+* **Finding** — the finding's true extent is written as ``finding`` (CHF: enlarged heart plus
+  perihilar haze; pneumonia: the consolidations; Normal: empty).
+
+Benchmark variants (``conf/data/synth_cxr_clean.yaml``, ``synth_cxr_cues.yaml``) switch the
+marker off, add the cues, and set ``gaze_finding_focus`` so that the simulated radiologist
+dwells on the finding of abnormal images; the defaults reproduce the original data exactly.
 
 Coordinates: anatomy is drawn in normalised image coordinates ``(u, v)`` in ``[-1, 1]``, ``u`` to
 the image right (the patient's left, as in a PA film) and ``v`` downwards.
@@ -37,7 +49,9 @@ from mimic_runner.data import _synth_common as common
 
 SOURCE = "synth_cxr"
 # Bump when the same parameters would give other arrays: it keys the generated-data cache.
-GENERATOR_VERSION = 1
+# 2: files also hold the `finding` mask (images, labels, gaze, fixations and confounder are
+# unchanged from 1 for the same parameters; tests/test_synth_cxr.py pins them by hash).
+GENERATOR_VERSION = 2
 CLASS_NAMES = ("Normal", "CHF", "pneumonia")
 NORMAL, CHF, PNEUMONIA = 0, 1, 2
 _CHUNK = 16  # images per vectorised block: small enough that the float32 maps stay in cache
@@ -77,6 +91,11 @@ def generate(
     gaze_scan_fixations: int = 14,
     gaze_finding_fixations: int = 12,
     gaze_finding_dwell: float = 2.0,
+    gaze_finding_focus: float = 0.0,
+    cues: int = 0,
+    cue_strength: float = 0.5,
+    cue_size: float = 0.05,
+    cue_intensity: float = 0.85,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
 ) -> dict[str, Any]:
@@ -107,12 +126,22 @@ def generate(
         gaze_finding_fixations: extra fixations on the finding (abnormal images); Normal
             images get half as many extra scan fixations instead.
         gaze_finding_dwell: mean dwell time of a finding fixation relative to a scan fixation.
+        gaze_finding_focus: share of an abnormal image's scan-path dwell time moved onto its
+            finding fixations (total dwell unchanged): 0 keeps the original gaze (about 68%
+            of CHF and 49% of pneumonia gaze mass on the finding), 1 leaves only the finding
+            fixations. Normal images keep their scan path.
+        cues: number of weak spurious cues (0-6), each at its own place on the border.
+        cue_strength: in train, probability that cue ``j`` is present exactly when the image
+            is of class ``j % 3`` (otherwise a fair coin); val and test: independent of class.
+        cue_size: cue side as a fraction of ``S``.
+        cue_intensity: cue grey level in [0, 1].
         val_frac, test_frac: split fractions (stratified by class).
 
     Returns:
         ``images`` uint8 (N, 1, S, S), ``labels`` int64 (N,), ``split`` uint8 (N,), ``ids``,
         ``class_names``, ``gaze`` float32 (N, S, S), ``fixations`` bool (N, S, S),
-        ``confounder`` bool (N, S, S), ``source``, ``aligned=True`` and ``extra_attrs``.
+        ``confounder`` bool (N, S, S) (marker and cue pixels), ``finding`` bool (N, S, S),
+        ``source``, ``aligned=True`` and ``extra_attrs``.
     """
     local_vars = locals()
     data, _ = generate_with_truth(
@@ -131,7 +160,7 @@ def generate_with_truth(
     ``truth`` holds bool (N, S, S) masks ``finding`` (CHF: heart plus perihilar haze;
     pneumonia: the consolidations; Normal: empty), ``lungs``, ``heart`` and ``body``; float32
     (N,) ``heart_scale`` and ``severity`` (0 for Normal); int64 (N,) ``marker_slot`` (index
-    into ``_synth_common.CORNERS``, -1 without marker).
+    into ``_synth_common.CORNERS``, -1 without marker); bool (N, cues) ``cue_present``.
     """
     params = inspect.signature(generate).bind(n, size, seed, **knobs)
     params.apply_defaults()
@@ -141,7 +170,8 @@ def generate_with_truth(
     num_classes = len(CLASS_NAMES)
 
     labels = common.balanced_labels(n, num_classes, rng)
-    split = common.stratified_split(labels, num_classes, p["val_frac"], p["test_frac"], rng)
+    split = common.stratified_split_nonempty(labels, num_classes, p["val_frac"],
+                                             p["test_frac"], rng)
 
     # Per-image scalars, drawn up front so each image's pose does not depend on chunking. Pose
     # draws are clipped at 2 sd so that no image's anatomy drifts under a corner marker.
@@ -182,6 +212,11 @@ def generate_with_truth(
     order = np.argsort(labels, kind="stable")
     # One child generator per chunk: per-pixel randomness independent of the other chunks.
     chunk_rngs = rng.spawn(len(common.chunks(n, _CHUNK)))
+    # Cues draw last from the main generator, so that without cues nothing above changes and
+    # with them the images are those of the same seed without cues, plus the cues.
+    cues = _place_cues(p, rng, labels, split)
+    avoid = [(origins, box)] if p["marker"] else []
+    avoid += [(o, cues["box"], on) for o, on in zip(cues["origins"], cues["present"].T)]
     for sl, crng in zip(common.chunks(n, _CHUNK), chunk_rngs):
         idx = order[sl]
         texture = common.crop_bank(bank, size, len(idx), crng)
@@ -192,9 +227,15 @@ def generate_with_truth(
             conf = common.stamp(img.shape, glyph, origins[idx])
             img[conf] = p["marker_intensity"]
             confounder[idx] = conf
+        for glyph_j, origins_j, present_j in zip(cues["glyphs"], cues["origins"],
+                                                 cues["present"].T):
+            cue = common.stamp(img.shape, glyph_j, origins_j[idx]) & present_j[idx, None, None]
+            img[cue] = p["cue_intensity"]
+            confounder[idx] |= cue
         images[idx, 0] = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
-        gaze[idx], fixations[idx] = _simulate_gaze(p, crng, labels[idx], maps,
-                                                 origins[idx] if p["marker"] else None, box)
+        gaze[idx], fixations[idx] = _simulate_gaze(
+            p, crng, labels[idx], maps, [(o[idx], b, *(m[idx] for m in rest))
+                                         for o, b, *rest in avoid])
         for key in truth:
             truth[key][idx] = maps[key]
 
@@ -207,20 +248,55 @@ def generate_with_truth(
         "gaze": gaze,
         "fixations": fixations,
         "confounder": confounder,
+        "finding": truth["finding"],
         "source": SOURCE,
         "aligned": True,
-        "extra_attrs": common.synth_attrs(
-            SOURCE, p,
-            "train: P(marker in class corner) = s + (1 - s)/3; val/test: random corner",
-            common.CORNERS[:num_classes]),
+        "extra_attrs": _attrs(p, num_classes),
     }
     truth_out: dict[str, np.ndarray] = {
         **truth,
         "heart_scale": heart_scale.astype(np.float32),
         "severity": severity.astype(np.float32),
         "marker_slot": slots.astype(np.int64),
+        "cue_present": cues["present"],
     }
     return data, truth_out
+
+
+def _place_cues(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarray,
+                split: np.ndarray) -> dict[str, Any]:
+    """Presence (N, cues), top-left origins (one (N, 2) array per cue), glyphs and box side."""
+    n, size, k = len(labels), p["size"], p["cues"]
+    box = max(3, round(p["cue_size"] * size))
+    if k == 0:  # no draws at all: the default output stays bit-for-bit what it was
+        return {"present": np.zeros((n, 0), dtype=bool), "origins": [], "glyphs": [],
+                "box": box}
+    present = common.cue_presence(labels, split, len(CLASS_NAMES), k, p["cue_strength"], rng)
+    reach = round(0.02 * size)
+    margin = round(0.015 * size) + rng.integers(0, reach + 1, (k, n))
+    shift = rng.integers(-reach, reach + 1, (k, n))
+    slots = list(common.CUE_SLOTS)[:k]
+    origins = [common.cue_origins(s, size, box, margin[j], shift[j]) for j, s in enumerate(slots)]
+    glyphs = [common.cue_glyph(j, box) for j in range(k)]
+    return {"present": present, "origins": origins, "glyphs": glyphs, "box": box}
+
+
+def _attrs(p: dict[str, Any], num_classes: int) -> dict[str, object]:
+    """File attributes: the parameters and what ``confounder`` holds."""
+    meaning = []
+    if p["marker"]:
+        meaning.append("marker: train: P(marker in class corner) = s + (1 - s)/3; val/test: "
+                       "random corner")
+    if p["cues"]:
+        meaning.append(f"{p['cues']} weak cues, cue j for class j % {num_classes}: train: "
+                       "P(cue j | its class) = c + (1 - c)/2, P(cue j | other) = (1 - c)/2 "
+                       "(c = cue_strength); val/test: independent of the class")
+    attrs = common.synth_attrs(SOURCE, p, "; ".join(meaning) or "none: no shortcut artefact",
+                               common.CORNERS[:num_classes] if p["marker"] else ())
+    if p["cues"]:
+        attrs["cue_slots"] = ",".join(list(common.CUE_SLOTS)[:p["cues"]])
+        attrs["cue_classes"] = ",".join(CLASS_NAMES[j % num_classes] for j in range(p["cues"]))
+    return attrs
 
 
 def _validate(p: dict[str, Any]) -> None:
@@ -240,6 +316,11 @@ def _validate(p: dict[str, Any]) -> None:
     common.check_range("gaze_scan_fixations", p["gaze_scan_fixations"], 1, 200)
     common.check_range("gaze_finding_fixations", p["gaze_finding_fixations"], 1, 200)
     common.check_range("gaze_finding_dwell", p["gaze_finding_dwell"], 0.1, 20.0)
+    common.check_range("gaze_finding_focus", p["gaze_finding_focus"], 0.0, 1.0)
+    common.check_range("cues", p["cues"], 0, len(common.CUE_SLOTS))
+    common.check_range("cue_strength", p["cue_strength"], 0.0, 1.0)
+    common.check_range("cue_size", p["cue_size"], 0.02, 0.08)
+    common.check_range("cue_intensity", p["cue_intensity"], 0.0, 1.0)
 
 
 # The atlas covers anatomical coordinates in [-_EXTENT, _EXTENT]^2: enough margin for the pose
@@ -427,14 +508,16 @@ def _consolidations(p: dict[str, Any], rng: np.random.Generator, inner: np.ndarr
 
 
 def _simulate_gaze(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarray,
-                   maps: dict[str, np.ndarray], origins: np.ndarray | None, box: int,
+                   maps: dict[str, np.ndarray], avoid: list[tuple[Any, ...]],
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Gaze heatmaps float32 (B, S, S) and fixation masks bool (B, S, S) for one chunk.
 
     Scan fixations are drawn over lungs and heart (sampled on a 4-pixel grid, then jittered
     within the cell: the anatomy is smooth at that scale), finding fixations of abnormal images
-    from the finding with longer dwell. Fixations whose truncated Gaussian would reach the
-    marker's box are dropped, which makes ``gaze`` exactly 0 on the marker.
+    from the finding with longer dwell. Fixations whose truncated Gaussian would reach an
+    artefact's box are dropped, which makes ``gaze`` exactly 0 on it. ``avoid`` lists the
+    artefacts: ``(origins (B, 2), box)`` for the marker, ``(origins, box, present (B,))`` for
+    a cue that only some images carry.
     """
     bsz, size, _ = maps["anatomy"].shape
     n_scan, n_find = p["gaze_scan_fixations"], p["gaze_finding_fixations"]
@@ -450,10 +533,20 @@ def _simulate_gaze(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarr
     w_scan = rng.gamma(4.0, 0.25, sr.shape)
     w_scan[abnormal, n_scan:] = 0  # abnormal images spend that time on the finding instead
     w_find = rng.gamma(4.0, 0.25 * p["gaze_finding_dwell"], fr.shape) * (abnormal & has)[:, None]
+    focus = p["gaze_finding_focus"]
+    if focus > 0:  # skipped at 0 so that the default's float arithmetic is untouched
+        # Move that share of the scan dwell onto the finding fixations, in proportion to their
+        # own dwell: the radiologist looks where the finding is, for as long as before.
+        found = w_find.sum(1)
+        on = abnormal & has & (found > 0)
+        moved = focus * w_scan[on, :n_scan].sum(1)
+        w_scan[on, :n_scan] *= 1 - focus
+        w_find[on] *= (1 + moved / found[on])[:, None]
     rows, cols = np.concatenate([sr, fr], 1), np.concatenate([sc, fc], 1)
     weights = np.concatenate([w_scan, w_find], 1)
     sigma = p["gaze_sigma"] * size
-    if origins is not None:
-        radius = common.truncation_radius(sigma, _TRUNCATE)
-        weights *= common.far_from_boxes(rows, cols, origins, box, radius)
+    radius = common.truncation_radius(sigma, _TRUNCATE)
+    for origins, box, *present in avoid:
+        far = common.far_from_boxes(rows, cols, origins, box, radius)
+        weights *= far | ~present[0][:, None] if present else far
     return common.fixation_maps(rows, cols, weights, (bsz, size, size), sigma, _TRUNCATE)

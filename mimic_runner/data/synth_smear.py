@@ -117,7 +117,8 @@ def generate_with_truth(
     num_classes = len(CLASS_NAMES)
 
     labels = common.balanced_labels(n, num_classes, rng)
-    split = common.stratified_split(labels, num_classes, p["val_frac"], p["test_frac"], rng)
+    split = common.stratified_split_nonempty(labels, num_classes, p["val_frac"],
+                                             p["test_frac"], rng)
     # Parasite count: 1..max with probability halving at each step (single rings dominate).
     counts = np.arange(1, p["max_parasites"] + 1)
     probs = 0.5 ** (counts - 1)

@@ -19,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mimic_runner.data.schema import check_output_file
 from mimic_runner.errors import DatasetError, UserError
 
 T = TypeVar("T")
@@ -110,13 +111,9 @@ def track(items: Iterable[T], total: int, description: str,
 
 
 def check_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Fail early (before any work) when ``out`` exists and ``overwrite`` is false."""
-    path = Path(out)
-    if path.is_dir():
-        raise UserError(f"{path}: output is a directory; give a file name such as {path}/data.h5")
-    if path.exists() and not overwrite:
-        raise UserError(f"{path}: output exists; pass --overwrite to replace it")
-    return path
+    """Fail early (before any work) when ``out`` exists and ``overwrite`` is false, is a
+    directory, or lies in a folder that cannot be written."""
+    return check_output_file(out, overwrite)
 
 
 def check_fractions(val: float, test: float) -> None:
@@ -388,8 +385,14 @@ def grouped_split(groups: Sequence[str], val: float, test: float, seed: int) -> 
     return assign[inverse.reshape(-1)]
 
 
-def stratified_split(labels: np.ndarray, val: float, test: float, seed: int) -> np.ndarray:
-    """Random split stratified by class: each class is shuffled (``seed``) and cut by fractions."""
+def stratified_split_keep_train(labels: np.ndarray, val: float, test: float, seed: int,
+                                ) -> np.ndarray:
+    """Random split stratified by class: each class is shuffled (``seed``) and cut by fractions.
+
+    A fraction of 0 leaves that split empty, and every class keeps at least one training image.
+    Not the generators' :func:`mimic_runner.data._synth_common.stratified_split_nonempty`,
+    which draws from a caller's generator and gives every class an image in every split.
+    """
     check_fractions(val, test)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)

@@ -47,7 +47,7 @@ from mimic_runner.data.prepare._common import (
     load_fitted,
     open_image,
     split_counts,
-    stratified_split,
+    stratified_split_keep_train,
     track,
 )
 from mimic_runner.data.schema import write_dataset
@@ -312,7 +312,7 @@ def prepare_folder(
     if wanted is not None:
         split = np.asarray([wanted[i] for i, _, _ in kept], dtype=np.uint8)
     else:
-        split = stratified_split(labels, val, test, seed)
+        split = stratified_split_keep_train(labels, val, test, seed)
     write_dataset(out_path, images=imgs, labels=labels, split=split,
                   ids=[i for i, _, _ in kept], class_names=class_names,
                   gaze=gaze[:m] if len(gaze) else None, fixations=fix[:m] if len(fix) else None,
