@@ -23,6 +23,18 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def compose():  # type: ignore[no-untyped-def]
+    """``compose("model=baseline", ...)``: the config ``mimic-run`` composes (with the
+    ``hydra`` node when ``hydra=True``), through the library's own :func:`config.compose`."""
+    from mimic_runner.config import compose as _compose
+
+    def _run(*overrides: str, hydra: bool = False):  # type: ignore[no-untyped-def]
+        return _compose(list(overrides), return_hydra_config=hydra)
+
+    return _run
+
+
+@pytest.fixture
 def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
     def _run(*args: str, timeout: float = 600, cwd: Path | None = None):  # type: ignore[no-untyped-def]
         return run_cli(list(args), cwd or tmp_path, timeout=timeout)

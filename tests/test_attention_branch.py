@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import h5py
 import pytest
@@ -104,24 +103,11 @@ def test_explanations_attention_and_gradcam() -> None:
         _module(explanation="saliency")
 
 
-def test_config_builds_the_module() -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def test_config_builds_the_module(compose) -> None:  # type: ignore[no-untyped-def]
+    from mimic_runner.training.builders import DataShape, build_module
 
-    from mimic_runner.cli.run import register
-    from mimic_runner.paths import conf_dir
-    from mimic_runner.training.builders import build_module
-
-    register()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-            cfg = compose("config", overrides=["model=attention_branch",
-                                               "model.explanation=gradcam", "model.apply_at=1"])
-    finally:
-        GlobalHydra.instance().clear()
-    dm = SimpleNamespace(in_channels=1, num_classes=3, maps=["gaze", "confounder"])
-    module = build_module(cfg, dm)  # type: ignore[arg-type]
+    cfg = compose("model=attention_branch", "model.explanation=gradcam", "model.apply_at=1")
+    module = build_module(cfg, DataShape(maps=("gaze", "confounder")))
     assert isinstance(module, AttentionBranchModule)
     assert module.explanation == "gradcam" and module.net.apply_stage == 1
 

@@ -39,16 +39,10 @@ def tiny_dataset(path: Path, splits: tuple[int, ...] = (0, 1, 2), aligned: bool 
 
 def make_run(run_dir: Path, data_path: Path, explanations: bool = True) -> Path:
     """A run directory as mimic-run leaves it: config, checkpoint, explanations.h5."""
-    from hydra import compose, initialize_config_dir
-
-    from mimic_runner.cli.run import register
-    from mimic_runner.paths import conf_dir
+    from mimic_runner.config import compose
     from mimic_runner.training.builders import build_datamodule, build_module
 
-    register()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["data=default", "data.name=tiny",
-                                           f"data.path={data_path}", "model=baseline"])
+    cfg = compose(["data=default", "data.name=tiny", f"data.path={data_path}", "model=baseline"])
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     torch.manual_seed(0)
@@ -56,7 +50,8 @@ def make_run(run_dir: Path, data_path: Path, explanations: bool = True) -> Path:
     dm.setup()
     module = build_module(cfg, dm).eval()
     (run_dir / "checkpoints").mkdir()
-    torch.save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)},
+               run_dir / "checkpoints" / "last.ckpt")
     if explanations:
         t = dm.splits["test"].tensors
         batch = {"image": dm.normalise(t["image"]), "label": t["label"]}

@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mimic_runner.feedback.app import STATIC, create_app
+from mimic_runner.analysis.load import LoadedRun, load_run
+from mimic_runner.feedback.app import MAX_BODY, STATIC, create_app
 from mimic_runner.feedback.runs import untrained_run
-from mimic_runner.feedback.session import FeedbackSession
+from mimic_runner.feedback.session import FeedbackSession, state_sha256
 from mimic_runner.feedback.store import sha256_file
-from mimic_runner.training.run_io import LoadedRun, load_run
 
 TOKEN = "s3cret-token"
 OVERRIDES = ["model=attention_branch", "data.synth.params.n=240", "data.image_size=64"]
@@ -373,3 +373,236 @@ def test_rgb_dataset(tmp_path: Path) -> None:
     assert client.post("/api/rois", json={"rois": [_rect(image_id)]}).status_code == 201
     cand = retrain(session, RetrainParams(epochs=1, max_batches=1))
     assert cand["status"] == "candidate"
+
+
+# -- framing, headers, ids, hosts (issue 14) ----------------------------------------------------
+def _secured(r) -> None:  # type: ignore[no-untyped-def]
+    assert r.headers["x-frame-options"] == "DENY", r.url
+    csp = r.headers["content-security-policy"]
+    for part in ("frame-ancestors 'none'", "default-src 'self'", "script-src 'self'",
+                 "object-src 'none'"):
+        assert part in csp, (r.url, csp)
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_every_response_forbids_framing(session: FeedbackSession) -> None:
+    open_app = TestClient(create_app(session, allowed_hosts=["127.0.0.1"]))
+    local = {"host": "127.0.0.1:8000"}
+    for path in ("/", "/docs", "/openapi.json", "/static/app.js", "/static/style.css",
+                 "/static/docs.js", "/api/info", "/api/status", "/static/nope.js",
+                 "/api/images/nope/image.png", "/api/rois/abc"):
+        r = open_app.get(path, headers=local)
+        assert r.status_code in (200, 404, 405, 422), path
+        _secured(r)
+    _secured(open_app.get("/api/info"))  # 400: Host refused
+    _secured(open_app.post("/api/rois", content=b"x" * (MAX_BODY + 1), headers=local))
+    _secured(open_app.post("/api/rollback", headers={**local, "origin": "http://evil"}))
+    guarded = TestClient(create_app(session, token=TOKEN))
+    for path in ("/", "/docs", "/static/app.js"):
+        r = guarded.get(path)
+        assert r.status_code == 401
+        _secured(r)
+    _secured(guarded.get(f"/?token={TOKEN}", follow_redirects=False))  # 303 with the cookie
+
+
+def test_pages_need_no_inline_code() -> None:
+    """The CSP allows scripts and styles from files only: no inline ones to break."""
+    for name in ("index.html", "docs.html"):
+        html = (STATIC / name).read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), name
+        assert "<style" not in html and not re.search(r"\sstyle=", html), name
+        assert not re.search(r"\son[a-z]+=", html), name  # no inline event handlers
+    js = (STATIC / "app.js").read_text()
+    assert "eval(" not in js and "new Function" not in js
+    assert not re.search(r"style=\\?[\"']", js)  # no style attributes built in markup
+
+
+def test_unexpected_error_is_one_json_line(session: FeedbackSession,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom() -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(session, "info", boom)
+    r = TestClient(create_app(session), raise_server_exceptions=False).get("/api/info")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert "internal error" in _detail(r) and "disk on fire" not in _detail(r)
+    _secured(r)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("DELETE", "/api/rois/99999999999999999999", None),
+    ("DELETE", "/api/rois/-3", None),
+    ("DELETE", "/api/rois/0", None),
+    ("DELETE", "/api/rois/abc", None),
+    ("DELETE", "/api/rois/1.5", None),
+    ("PATCH", "/api/rois/99999999999999999999", {"kind": "include"}),
+    ("GET", "/api/images/{img}/attention?version=99999999999999999999", None),
+    ("GET", "/api/images/{img}/prediction?version=-1", None),
+    ("GET", "/api/images/{img}/attention.png?version=x", None),
+    ("GET", "/api/diff?before=1&after=99999999999999999999", None),
+    ("GET", "/api/diff?before=1e400", None),
+    ("GET", "/api/images?offset=99999999999999999999", None),
+    ("POST", "/api/accept", {"version": 10**20}),
+    ("POST", "/api/revert", {"version": 10**20}),
+    ("POST", "/api/revert", {"version": "one"}),
+    ("POST", "/api/revert", {}),
+    ("POST", "/api/discard", {"version": 2}),
+])
+def test_huge_and_malformed_ids_are_4xx_json(client: TestClient, session: FeedbackSession,
+                                             method: str, path: str, body: dict | None) -> None:
+    before = _snapshot(session)
+    r = client.request(method, path.format(img=_train_id(session)), json=body)
+    assert 400 <= r.status_code < 500, (path, r.status_code, r.text)
+    assert r.headers["content-type"] == "application/json"
+    _detail(r)
+    assert _snapshot(session) == before
+
+
+def test_non_utf8_and_odd_image_ids(client: TestClient) -> None:
+    for raw in ("%FF%FE", "%C3%28", "a%00b", "x" * 2000):
+        r = client.get(f"/api/images/{raw}/image.png")
+        assert r.status_code == 404, raw
+        _detail(r)
+
+
+def test_any_loopback_host_serves_its_own_address(session: FeedbackSession) -> None:
+    from mimic_runner.feedback.app import allowed_hosts_for
+
+    assert allowed_hosts_for("0.0.0.0") is None and allowed_hosts_for("192.168.1.4") is None
+    for bind, host in (("127.0.0.2", "127.0.0.2:8000"), ("127.9.9.9", "127.9.9.9"),
+                       ("::1", "[::1]:8000"), ("localhost", "localhost:8000"),
+                       ("127.0.0.1", "127.0.0.1:8000")):
+        allowed = allowed_hosts_for(bind)
+        assert allowed is not None and "127.0.0.1" in allowed
+        c = TestClient(create_app(session, allowed_hosts=allowed))
+        assert c.get("/api/info", headers={"host": host}).status_code == 200, bind
+        r = c.get("/api/info", headers={"host": "evil.example:8000"})
+        assert r.status_code == 400 and "not served here" in _detail(r)
+    c = TestClient(create_app(session, allowed_hosts=allowed_hosts_for("127.0.0.2")))
+    assert c.get("/api/info", headers={"host": "127.0.0.3:8000"}).status_code == 400
+
+
+# -- editing regions, thumbnails ------------------------------------------------------------------
+def test_edit_a_region(client: TestClient, session: FeedbackSession) -> None:
+    image = _train_id(session)
+    (roi,) = client.post("/api/rois", json={"rois": [_rect(image, "include")]}).json()
+    rid = roi["id"]
+    moved = client.patch(f"/api/rois/{rid}", json={"points": [[0.5, 0.5], [0.9, 0.8]]})
+    assert moved.status_code == 200 and moved.json()["points"] == [[0.5, 0.5], [0.9, 0.8]]
+    switched = client.patch(f"/api/rois/{rid}", json={"kind": "exclude", "author": "dr. x"})
+    assert switched.json()["kind"] == "exclude" and switched.json()["shape"] == "rect"
+    ev = client.get("/api/events").json()[0]
+    assert ev["action"] == "update_roi" and ev["who"] == "dr. x"
+    assert ev["detail"]["before"] == {"kind": "include"}
+    before = _snapshot(session)
+    for body in ({"points": [[0.5, 0.5], [1.4, 0.8]]}, {"points": [[0.5, 0.5], [0.5, 0.8]]},
+                 {"points": [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]}, {"kind": "maybe"},
+                 {"shape": "ellipse"}, {}, {"weight": 0}, {"image_id": "other"}):
+        r = client.patch(f"/api/rois/{rid}", json=body)
+        assert r.status_code == 422, body
+        _detail(r)
+    assert client.patch("/api/rois/424242", json={"kind": "include"}).status_code == 404
+    assert _snapshot(session) == before
+
+
+def test_thumbnails(client: TestClient, session: FeedbackSession) -> None:
+    image = _train_id(session)
+    r = client.get(f"/api/images/{image}/thumb.png", params={"size": 32})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (32, 32)
+    assert Image.open(io.BytesIO(client.get(f"/api/images/{image}/thumb.png").content)
+                      ).size == (48, 48)
+    assert client.get("/api/images/nope/thumb.png").status_code == 404
+    assert client.get(f"/api/images/{image}/thumb.png", params={"size": 4096}).status_code == 422
+
+
+# -- decisions: discard, revert, every version viewable -----------------------------------------
+def test_discard_revert_and_history(client: TestClient, session: FeedbackSession) -> None:
+    from mimic_runner.feedback.retrain import RetrainParams, retrain
+
+    image = _train_id(session)
+    client.post("/api/rois", json={"rois": [_rect(image), _rect(image, "include",
+                                                               ((0.4, 0.4), (0.9, 0.9)))]})
+    status = client.get("/api/status").json()
+    assert status["revert_targets"] == [] and status["candidate"] is None
+    r = client.post("/api/discard")
+    assert r.status_code == 409 and "no candidate" in _detail(r)
+    r = client.post("/api/revert", json={"version": 1})
+    assert r.status_code == 409 and "already" in _detail(r)
+
+    tiny = {"epochs": 1, "max_batches": 1}
+    retrain(session, RetrainParams(**tiny, gamma=12.5))  # v2
+    r = client.post("/api/discard", json={"author": "dr. d"})
+    assert r.status_code == 200 and r.json()["rolled_back"]["id"] == 2
+    assert r.json()["current"]["id"] == 1 and r.json()["status"]["candidate"] is None
+    assert client.post("/api/accept", json={"version": 2}).status_code == 409
+    retrain(session, RetrainParams(**tiny, gamma=40))  # v3
+    assert client.post("/api/accept", json={}).json()["current"]["id"] == 3
+    retrain(session, RetrainParams(**tiny, gamma=80))  # v4
+    assert client.post("/api/accept", json={}).json()["current"]["id"] == 4
+    retrain(session, RetrainParams(**tiny, gamma=5))  # v5, pending
+    status = client.get("/api/status").json()
+    assert status["revert_targets"] == [3, 1]
+    r = client.post("/api/revert", json={"version": 2})  # rolled back: not a target
+    assert r.status_code == 409 and "revert to one of 3, 1" in _detail(r)
+    sha_v1 = status["versions"][0]["sha256"]
+    r = client.post("/api/revert", json={"version": 1, "author": "dr. r"}).json()
+    assert r["current"]["id"] == 1 and r["rolled_back"] == [3, 4, 5]
+    back = client.get("/api/status").json()
+    assert back["current"]["sha256"] == sha_v1 and back["revert_targets"] == []
+    assert back["weights_sha256"] == state_sha256(session.model(1))
+    # The history keeps every version with its status and parameters...
+    versions = client.get("/api/versions").json()
+    assert [v["status"] for v in versions] == ["accepted", "rolled_back", "rolled_back",
+                                               "rolled_back", "rolled_back"]
+    assert [v["params"].get("gamma") for v in versions] == [None, 12.5, 40, 80, 5]
+    assert versions[1]["metrics"]["val/n_images"] == len(session.dm.ids["val"])
+    # ...and each stays viewable and comparable, rolled back or not.
+    att = client.get(f"/api/images/{image}/attention", params={"version": 4}).json()
+    assert att["version"] == 4
+    d = client.get("/api/diff", params={"before": 2, "after": 4}).json()
+    assert (d["before_version"], d["after_version"]) == (2, 4)
+    assert d["feedback"]["n_images"] == 1 and d["feedback"]["meaningful"] is False
+    assert d["heldout"]["meaningful"] is (len(session.dm.ids["val"]) >= 10)
+    actions = [e["action"] for e in client.get("/api/events").json()]
+    assert actions[0] == "revert" and "discard" in actions
+
+
+def test_workspace_of_another_checkpoint_is_refused_or_started_afresh(
+        run_dir: Path, tmp_path: Path) -> None:
+    """A run trained again into its folder: never its new weights under the recorded v1."""
+    import shutil
+
+    import torch
+
+    from mimic_runner.errors import UserError
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("feedback*"))
+    ws = tmp_path / "ws"
+    first = FeedbackSession(run, workspace=ws)
+    first.add_rois([_rect(_train_id(first))])
+    v1_sha = first.store.version(1)["sha256"]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    for v in state["state_dict"].values():
+        if v.is_floating_point():
+            v.add_(0.01)
+    torch.save(state, ckpt)  # "trained again"
+    with pytest.raises(UserError, match=r"another checkpoint.*--fresh") as info:
+        FeedbackSession(run, workspace=ws)
+    assert "\n" not in str(info.value)
+    assert _v1_sha(ws) == v1_sha  # untouched
+    fresh = FeedbackSession(run, workspace=ws, fresh=True)
+    assert fresh.set_aside is not None and fresh.set_aside.name.startswith("ws.stale-")
+    assert _v1_sha(fresh.set_aside) == v1_sha and (
+        fresh.set_aside / "versions" / "v0001.ckpt").exists()
+    v1 = fresh.store.version(1)
+    assert v1["sha256"] == sha256_file(ckpt) and fresh.store.rois() == []
+    assert fresh.status()["weights_sha256"] == state_sha256(fresh.model(1))
+
+
+def _v1_sha(ws: Path) -> str:
+    from mimic_runner.feedback.store import FeedbackStore
+
+    return FeedbackStore(ws / "feedback.sqlite").version(1)["sha256"]

@@ -12,12 +12,12 @@ import pytest
 import torch
 from filelock import FileLock
 
+from mimic_runner.analysis.load import LoadedRun, load_run
 from mimic_runner.feedback.diff import compare_versions, feedback_masks, forward_maps, mean_inside
 from mimic_runner.feedback.retrain import RetrainParams, retrain
 from mimic_runner.feedback.runs import untrained_run
 from mimic_runner.feedback.session import FeedbackSession, state_sha256
 from mimic_runner.feedback.store import FeedbackConflict, FeedbackInvalid, sha256_file
-from mimic_runner.training.run_io import LoadedRun, load_run
 
 OVERRIDES = ["model=attention_branch", "data.synth.params.n=240", "data.image_size=64"]
 TINY = {"epochs": 1, "max_batches": 2}

@@ -7,13 +7,55 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mimic_runner.explain.gradcam import gap_linear_grad_cam, grad_cam
+from mimic_runner.explain.gradcam import Size, grad_cam, postprocess_cam
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 TOL = 1e-4  # per pixel, vs pytorch-grad-cam (float32 + OpenCV resize)
+
+
+# The test oracle: Grad-CAM of a GAP + linear head in closed form.
+
+def gap_linear_grad_cam(
+    features: Tensor,
+    weight: Tensor,
+    targets: Tensor | None = None,
+    bias: Tensor | None = None,
+    size: Size | None = None,
+    normalize: bool = True,
+) -> Tensor:
+    """Closed-form Grad-CAM for a global-average-pooling + linear head .
+
+    For ``logits = mean_{h,w}(features) @ weight.T + bias`` the gradient of logit ``y`` w.r.t.
+    ``features[c, i, j]`` is ``weight[y, c] / (h·w)`` at every pixel, so the Grad-CAM weights are
+    ``weight[y] / (h·w)`` (CAM of Zhou et al. up to the positive factor 1/(h·w)).
+
+    Args:
+        features: (*, C, h, w). weight: (K, C). bias: (K,) or None (only used for the default
+        targets). targets: (*,), default argmax of the head's logits. size, normalize: as
+        :func:`grad_cam`.
+
+    Returns:
+        (*, H, W) maps, detached from any graph.
+    """
+    features = features.detach()
+    weight = weight.detach().to(features.dtype)
+    if features.dim() < 3 or weight.dim() != 2 or weight.shape[1] != features.shape[-3]:
+        raise ValueError(
+            f"expected features (*, C, h, w) and weight (K, C), got {tuple(features.shape)} "
+            f"and {tuple(weight.shape)}"
+        )
+    h, w = features.shape[-2:]
+    logits = features.mean(dim=(-2, -1)) @ weight.T
+    if bias is not None:
+        logits = logits + bias.detach().to(features.dtype)
+    if targets is None:
+        targets = logits.argmax(-1)
+    cam_weights = weight[targets] / (h * w)  # (*, C)
+    cam = torch.relu((cam_weights[..., None, None] * features).sum(dim=-3))
+    return postprocess_cam(cam, size=size, normalize=normalize)
 
 
 class TinyNet(nn.Module):

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import TINY, run_cli
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mimic_runner.cli.run import _run_dirname, check_launcher_plugin, register
+from mimic_runner.config import check_launcher_plugin, run_dirname
 from mimic_runner.errors import UserError
-from mimic_runner.paths import conf_dir
-from mimic_runner.training.run import cpu_threads_per_job, gpu_slot_order, local_n_jobs
+from mimic_runner.training.local_launcher import cpu_threads_per_job, gpu_slot_order, local_n_jobs
 
 # -- pure logic ---------------------------------------------------------------------------------
 
@@ -66,34 +64,28 @@ def test_missing_plugin_exits_2_without_traceback(tmp_path: Path) -> None:
 
 
 def test_launcher_keys_stay_out_of_run_folder_names() -> None:
-    name = _run_dirname("hydra.launcher.partition=gpu,launcher.n_jobs=4,model=baseline,"
+    name = run_dirname("hydra.launcher.partition=gpu,launcher.n_jobs=4,model=baseline,"
                         "model.decoder_channels=[8,4],seed=1")
     assert name == "model=baseline,model.decoder_channels=_8,4_,seed=1"
-    assert _run_dirname("launcher.jobs_per_gpu=2") == "defaults"
+    assert run_dirname("launcher.jobs_per_gpu=2") == "defaults"
 
 
 # -- configs ------------------------------------------------------------------------------------
 
-def _compose(*overrides: str):  # type: ignore[no-untyped-def]
-    register()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
-
-
 @pytest.mark.parametrize("option,target", [
     ("serial", "BasicLauncher"), ("local", "JoblibLauncher"),
     ("slurm", "SlurmLauncher"), ("submitit_local", "LocalLauncher")])
-def test_launcher_options_compose(option: str, target: str) -> None:
-    cfg = _compose(f"launcher={option}")
+def test_launcher_options_compose(compose, option: str, target: str) -> None:  # type: ignore[no-untyped-def]
+    cfg = compose(f"launcher={option}", hydra=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.launcher.name == option
     assert cfg.hydra.callbacks.sweep_summary._target_.endswith("SweepSummary")
 
 
-def test_slurm_settings_come_from_the_launcher_keys() -> None:
-    cfg = _compose("launcher=slurm", "launcher.partition=gpu", "launcher.timeout_min=90",
-                   "launcher.gpus_per_node=2", "launcher.cpus_per_task=6", "launcher.mem_gb=40",
-                   "launcher.array_parallelism=5")
+def test_slurm_settings_come_from_the_launcher_keys(compose) -> None:  # type: ignore[no-untyped-def]
+    cfg = compose("launcher=slurm", "launcher.partition=gpu", "launcher.timeout_min=90",
+                  "launcher.gpus_per_node=2", "launcher.cpus_per_task=6", "launcher.mem_gb=40",
+                  "launcher.array_parallelism=5", hydra=True)
     hl = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert isinstance(hl, dict)
     assert (hl["partition"], hl["timeout_min"], hl["gpus_per_node"], hl["cpus_per_task"],
@@ -101,9 +93,9 @@ def test_slurm_settings_come_from_the_launcher_keys() -> None:
     assert hl["max_num_timeout"] == 3 and cfg.launcher.resume is True
 
 
-def test_local_n_jobs_from_config() -> None:
-    assert _compose("launcher=local", "launcher.n_jobs=3").hydra.launcher.n_jobs == 3
-    cfg = _compose("launcher=local", "launcher.jobs_per_gpu=2")
+def test_local_n_jobs_from_config(compose) -> None:  # type: ignore[no-untyped-def]
+    assert compose("launcher=local", "launcher.n_jobs=3", hydra=True).hydra.launcher.n_jobs == 3
+    cfg = compose("launcher=local", "launcher.jobs_per_gpu=2", hydra=True)
     import torch
 
     assert cfg.hydra.launcher.n_jobs == max(1, 2 * torch.cuda.device_count())

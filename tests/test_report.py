@@ -28,6 +28,7 @@ from mimic_runner.report.tables import (
     to_latex,
     to_markdown,
 )
+from mimic_runner.rundir import RunDir
 
 SHARED_PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
 N_TEST, SIZE = 12, 16
@@ -70,12 +71,11 @@ def make_run(root: Path, sweep: str | None, model: str, seed: int, size: int = 1
                    "dataset_path": str(dataset) if dataset else None}
         (d / "metrics.json").write_text(json.dumps(metrics))
         if dataset is not None:
-            with h5py.File(d / "explanations.h5", "w") as f:
-                f["maps"] = rng.random((N_TEST, SIZE, SIZE)).astype(np.float16)
-                f["predictions"] = rng.integers(0, 3, N_TEST)
-                f.create_dataset("ids", data=np.array(
-                    [f"img{i:03d}" for i in range(2 * N_TEST, 3 * N_TEST)], dtype=object),
-                    dtype=h5py.string_dtype("utf-8"))
+            RunDir(d).write_explanations(
+                maps=rng.random((N_TEST, SIZE, SIZE)), labels=rng.integers(0, 3, N_TEST),
+                probabilities=rng.dirichlet(np.ones(3), N_TEST),
+                ids=np.array([f"img{i:03d}" for i in range(2 * N_TEST, 3 * N_TEST)]),
+                class_names=["Normal", "CHF", "pneumonia"], explain_target="pred", model=model)
         if cams:
             with h5py.File(d / "member_cams.h5", "w") as f:
                 for e in (1, 6):

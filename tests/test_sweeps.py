@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import TINY, run_cli
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mimic_runner.cli.run import register
-from mimic_runner.paths import conf_dir
 from mimic_runner.report.collect import sweep_params
 from mimic_runner.report.report import PACKAGED_PAPER
 
@@ -33,38 +30,32 @@ def test_sweeps_hold_the_papers_grids() -> None:
     assert [int(s) for s in t2["seed"]] == paper2  # the paper's order
 
 
-def _compose(*overrides: str):  # type: ignore[no-untyped-def]
-    register()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
-
-
 @pytest.mark.parametrize("table", ["table1", "table2"])
-def test_a_sweep_names_its_folder(table: str) -> None:
-    cfg = _compose(f"sweep={table}", "trainer=smoke", "backbone=resnet18")
+def test_a_sweep_names_its_folder(compose, table: str) -> None:  # type: ignore[no-untyped-def]
+    cfg = compose(f"sweep={table}", "trainer=smoke", "backbone=resnet18", hydra=True)
     assert cfg.sweep_name == table and cfg.hydra.sweep.dir == f"runs/{table}"
     assert cfg.trainer.max_epochs == 2 and cfg.backbone.name == "resnet18"  # others compose
 
 
-def _jobs(table: str, cli: list[str]) -> list[list[str]]:
+def _jobs(compose, table: str, cli: list[str]) -> list[list[str]]:  # type: ignore[no-untyped-def]
     """The jobs Hydra's basic sweeper launches: the sweep's params, then the command line."""
-    cfg = _compose(f"sweep={table}")
+    cfg = compose(f"sweep={table}", hydra=True)
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     overrides = OverridesParser.create().parse_overrides([*params, *cli])
     (batch,) = BasicSweeper.split_arguments(overrides, None)
     return batch
 
 
-def test_command_line_narrows_the_grid() -> None:
-    assert len(_jobs("table1", [])) == 40 and len(_jobs("table2", [])) == 40
-    jobs = _jobs("table1", ["model=baseline,expl_ensemble", "seed=1,2", "trainer=smoke"])
+def test_command_line_narrows_the_grid(compose) -> None:  # type: ignore[no-untyped-def]
+    assert len(_jobs(compose, "table1", [])) == 40 and len(_jobs(compose, "table2", [])) == 40
+    jobs = _jobs(compose, "table1", ["model=baseline,expl_ensemble", "seed=1,2", "trainer=smoke"])
     assert jobs == [["model=baseline", "seed=1", "trainer=smoke"],
                     ["model=baseline", "seed=2", "trainer=smoke"],
                     ["model=expl_ensemble", "seed=1", "trainer=smoke"],
                     ["model=expl_ensemble", "seed=2", "trainer=smoke"]]
     # A plain value replaces the sweep's list too: one model, all ten seeds.
-    assert {j[0] for j in _jobs("table1", ["model=baseline"])} == {"model=baseline"}
-    assert len(_jobs("table2", ["model.ensemble_size=5"])) == 10
+    assert {j[0] for j in _jobs(compose, "table1", ["model=baseline"])} == {"model=baseline"}
+    assert len(_jobs(compose, "table2", ["model.ensemble_size=5"])) == 10
 
 
 def _metrics(root: Path, table: str) -> dict[Path, dict]:
@@ -137,7 +128,7 @@ def test_outcome_counts_a_run_finished_just_before_the_sweep_as_skipped(tmp_path
     import os
     import time
 
-    from mimic_runner.training.run import sweep_outcome
+    from mimic_runner.training.sweep import sweep_outcome
 
     now = time.time()
 

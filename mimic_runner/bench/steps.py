@@ -14,36 +14,24 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mimic_runner.training.builders import DataShape
+
+DEFAULT_SHAPE = DataShape()  # the default data's (synth_cxr's) shapes
 MODELS = ("baseline", "improved_unet", "normal_ensemble", "expl_ensemble")
 ENSEMBLES = ("normal_ensemble", "expl_ensemble")
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
-@dataclass(frozen=True)
-class DataShape:
-    """What a module needs to know about the data: the default ``synth_cxr`` by default."""
-
-    in_channels: int = 1
-    num_classes: int = 3
-    maps: tuple[str, ...] = ("gaze", "fixations", "confounder")
-
-
 def compose_config(overrides: Sequence[str]) -> Any:
     """The run config ``mimic-run`` would see with ``overrides`` (the shipped ``conf/``)."""
-    from hydra import compose, initialize_config_dir
+    from mimic_runner.config import compose
 
-    from mimic_runner.cli.run import register
-    from mimic_runner.paths import conf_dir
-
-    register()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(overrides)
 
 
 def model_overrides(model: str, backbone: str, ensemble_size: int | None = None,
@@ -61,17 +49,14 @@ def model_overrides(model: str, backbone: str, ensemble_size: int | None = None,
     return ov
 
 
-def build_module(overrides: Sequence[str], shape: DataShape = DataShape()) -> Any:
+def build_module(overrides: Sequence[str], shape: DataShape = DEFAULT_SHAPE) -> Any:
     """The LightningModule of ``mimic-run <overrides>`` (via ``training.builders``)."""
     from mimic_runner.training.builders import build_module as _build
 
-    cfg = compose_config(overrides)
-    dm = SimpleNamespace(in_channels=shape.in_channels, num_classes=shape.num_classes,
-                         maps=shape.maps)
-    return _build(cfg, dm)  # type: ignore[arg-type]
+    return _build(compose_config(overrides), shape)
 
 
-def random_batch(batch_size: int, size: int, shape: DataShape = DataShape(),
+def random_batch(batch_size: int, size: int, shape: DataShape = DEFAULT_SHAPE,
                  device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Tensor]:
     """A batch as the DataModule delivers it after transfer: normalised ``image`` (B, C, S, S),
     ``label`` (B,), ``index`` (B,), ``gaze`` (B, S, S) float, bool ``fixations``/``confounder``."""
@@ -142,7 +127,7 @@ class TrainStep:
 def make_step(model: str, backbone: str, device: torch.device | str = "cpu",
               ensemble_size: int | None = None, impl: str | None = None,
               batch_size: int = 32, size: int = 128, precision: str = "32-true",
-              channels_last: bool = False, shape: DataShape = DataShape(),
+              channels_last: bool = False, shape: DataShape = DEFAULT_SHAPE,
               seed: int = 0) -> TrainStep:
     """Build the module for ``model``/``backbone`` (seeded) and a matching batch on ``device``."""
     torch.manual_seed(seed)

@@ -13,19 +13,32 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from mimic_runner.analysis.options import (
+    DEVICES,
+    FILLS,
+    MAX_STEPS,
+    MIN_STEPS,
+    RANKINGS,
+    ExplainOptions,
+    PepprOptions,
+)
+from mimic_runner.data.schema import SPLITS
 from mimic_runner.errors import exit_on_user_error
+from mimic_runner.explain.global_maps import GROUP_BY, NORMALIZATIONS
+from mimic_runner.explain.peppr import METRICS
+from mimic_runner.log import setup_cli_logging
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a finished mimic-run run directory")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+    p.add_argument("--split", default="test", choices=SPLITS,
                    help="images to explain (default test: reuses explanations.h5)")
-    p.add_argument("--group-by", default="label", choices=("label", "pred"),
+    p.add_argument("--group-by", default="label", choices=GROUP_BY,
                    help="class maps over images of each true label or each prediction")
-    p.add_argument("--normalize", default="sum", choices=("sum", "minmax", "none"),
+    p.add_argument("--normalize", default="sum", choices=NORMALIZATIONS,
                    help="per-image normalisation before averaging (default sum to 1)")
     p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--recompute", action="store_true",
                    help="recompute the test maps with the model instead of explanations.h5")
@@ -42,24 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(g)
     p = sub.add_parser("peppr", help="progressive erasing plus progressive restoration")
     _common(p)
-    p.add_argument("--fill", default="mean", choices=("mean", "mean_image", "zero", "blur"),
+    p.add_argument("--fill", default="mean", choices=FILLS,
                    help="what erased pixels become (default: training-set mean intensity)")
     p.add_argument("--blur-sigma", type=float, default=None,
                    help="Gaussian sigma in pixels for --fill blur (default H/16)")
     p.add_argument("--steps", type=int, default=21,
-                   help="grid points from 0 to 100 %% of the pixels (default 21 = every 5 %%)")
+                   help=f"grid points from 0 to 100 %% of the pixels, {MIN_STEPS}..{MAX_STEPS} "
+                        "(default 21 = every 5 %%)")
     p.add_argument("--random-seeds", type=int, default=3,
                    help="random-order controls (default 3)")
     p.add_argument("--random-patch", type=int, default=None,
                    help="the random control erases blocks of this many pixels square "
                         "(default about 1/16 of the image side; 1 = pixel-wise)")
-    p.add_argument("--ranking", default="global", choices=("global", "class", "local"),
+    p.add_argument("--ranking", default="global", choices=RANKINGS,
                    help="overall global map, the predicted class's global map, or each "
                         "image's own map")
     p.add_argument("--local-control", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate the per-image (local) maps as a ranking")
     p.add_argument("--metric", default="accuracy",
-                   choices=("accuracy", "p_true", "agreement", "p_pred"),
+                   choices=METRICS,
                    help="curve the verdict is based on (all are written); agreement = "
                         "prediction unchanged from the clean image")
     return parser
@@ -68,13 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    # Imported here so that `--help` and argument errors stay fast.
-    from mimic_runner.explain.peppr_driver import (
-        ExplainOptions,
-        PepprOptions,
-        run_global,
-        run_peppr,
-    )
+    setup_cli_logging()
+    from mimic_runner.analysis.global_explain import run_global
+    from mimic_runner.analysis.peppr import run_peppr
 
     common = dict(run_dir=args.run_dir, split=args.split, group_by=args.group_by,
                   normalize=args.normalize, checkpoint=args.checkpoint, device=args.device,

@@ -1,5 +1,5 @@
 """Explanations as pure functions of a forward pass (Grad-CAM)."""
 
-from mimic_runner.explain.gradcam import gap_linear_grad_cam, grad_cam, postprocess_cam
+from mimic_runner.explain.gradcam import grad_cam, postprocess_cam
 
-__all__ = ["gap_linear_grad_cam", "grad_cam", "postprocess_cam"]
+__all__ = ["grad_cam", "postprocess_cam"]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CAM_EPS", "gap_linear_grad_cam", "grad_cam", "postprocess_cam"]
+__all__ = ["CAM_EPS", "grad_cam", "postprocess_cam"]
 
 #: Denominator guard of the per-image min-max scaling (pytorch-grad-cam's ``scale_cam_image``).
 CAM_EPS = 1e-7
@@ -118,7 +118,7 @@ def grad_cam(
             members' maps first and compute each member's logits from its slice of the stacked
             tensor, or the stacked tensor is not in the graph.
         targets: (*,) integer class per map; default: ``argmax`` of ``logits``. For the
-            ensemble map of DESIGN.md (mean of the members' maps for the ensemble's class):
+            ensemble map of the README (mean of the members' maps for the ensemble's class):
             ``grad_cam(member_logits, features, targets=pred.expand(N, -1)).mean(0)``.
         size: output size, int or (H, W); default: the feature size (h, w).
         create_graph: if True the returned map is differentiable w.r.t. everything the
@@ -165,41 +165,3 @@ def grad_cam(
         cam = torch.relu((weights * acts).sum(dim=-3))
         return postprocess_cam(cam, size=size, normalize=normalize)
 
-
-def gap_linear_grad_cam(
-    features: Tensor,
-    weight: Tensor,
-    targets: Tensor | None = None,
-    bias: Tensor | None = None,
-    size: Size | None = None,
-    normalize: bool = True,
-) -> Tensor:
-    """Closed-form Grad-CAM for a global-average-pooling + linear head (a test oracle).
-
-    For ``logits = mean_{h,w}(features) @ weight.T + bias`` the gradient of logit ``y`` w.r.t.
-    ``features[c, i, j]`` is ``weight[y, c] / (h·w)`` at every pixel, so the Grad-CAM weights are
-    ``weight[y] / (h·w)`` (CAM of Zhou et al. up to the positive factor 1/(h·w)).
-
-    Args:
-        features: (*, C, h, w). weight: (K, C). bias: (K,) or None (only used for the default
-        targets). targets: (*,), default argmax of the head's logits. size, normalize: as
-        :func:`grad_cam`.
-
-    Returns:
-        (*, H, W) maps, detached from any graph.
-    """
-    features = features.detach()
-    weight = weight.detach().to(features.dtype)
-    if features.dim() < 3 or weight.dim() != 2 or weight.shape[1] != features.shape[-3]:
-        raise ValueError(
-            f"expected features (*, C, h, w) and weight (K, C), got {tuple(features.shape)} "
-            f"and {tuple(weight.shape)}"
-        )
-    h, w = features.shape[-2:]
-    logits = features.mean(dim=(-2, -1)) @ weight.T
-    if bias is not None:
-        logits = logits + bias.detach().to(features.dtype)
-    targets = _check_targets(targets, logits)
-    cam_weights = weight[targets] / (h * w)  # (*, C)
-    cam = torch.relu((cam_weights[..., None, None] * features).sum(dim=-3))
-    return postprocess_cam(cam, size=size, normalize=normalize)

@@ -236,11 +236,6 @@ class PerturbationResult:
         """(S,) accuracy per step."""
         return self.curve("accuracy")
 
-    @property
-    def mean_p_true(self) -> Tensor:
-        """(S,) mean probability of the true class per step."""
-        return self.curve("p_true")
-
 
 def mirror_result(result: PerturbationResult) -> PerturbationResult:
     """Curves of the reversed ranking from the curves of a ranking, for free.

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mimic_runner.errors import UserError
+from mimic_runner.io import atomic_path
 
 
 def train_run(root: str | Path, overrides: list[str], timeout: float = 1800) -> Path:
@@ -35,36 +36,29 @@ def train_run(root: str | Path, overrides: list[str], timeout: float = 1800) -> 
 
 
 def _finished_runs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in (root / "runs").glob("*/metrics.json"))
+    from mimic_runner.rundir import RunDir
+
+    return sorted(d for d in (root / "runs").glob("*") if RunDir(d).metrics.exists())
 
 
 def untrained_run(run_dir: str | Path, overrides: list[str], seed: int = 0,
                   calibrate_batches: int = 4) -> Path:
     """A run folder holding the composed config and a freshly initialised model's checkpoint.
 
-    What :func:`~mimic_runner.training.run_io.load_run` needs (``.hydra/config.yaml``,
+    What :func:`~mimic_runner.analysis.load.load_run` needs (``.hydra/config.yaml``,
     ``checkpoints/last.ckpt``) without training: fast fixtures for the feedback API and tests.
     The BatchNorm statistics are calibrated on ``calibrate_batches`` training batches, so that
     the model in eval mode behaves as it does in training (at initialisation the running
     statistics are 0/1 and the attention map would be a flat 0.5).
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mimic_runner.cli.run import register
-    from mimic_runner.paths import conf_dir
+    from mimic_runner.config import compose
+    from mimic_runner.rundir import RunDir
     from mimic_runner.training.builders import build_datamodule, build_module
 
-    run_dir = Path(run_dir)
-    if (run_dir / "checkpoints" / "last.ckpt").exists():
-        return run_dir
-    register()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-            cfg = compose("config", overrides=[*overrides, f"seed={seed}"])
-    finally:
-        GlobalHydra.instance().clear()
+    rd = RunDir(run_dir)
+    if rd.last_checkpoint.exists():
+        return rd.path
+    cfg = compose([*overrides, f"seed={seed}"])
     if cfg.model.name != "attention_branch":
         raise UserError("untrained_run is for model=attention_branch")
     torch.manual_seed(seed)
@@ -72,11 +66,13 @@ def untrained_run(run_dir: str | Path, overrides: list[str], seed: int = 0,
     dm.prepare_data()
     module = build_module(cfg, dm)
     calibrate_batchnorm(module, dm, calibrate_batches)
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    torch.save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
-    return run_dir
+    rd.config.parent.mkdir(parents=True, exist_ok=True)
+    rd.checkpoints.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, rd.config)
+    with atomic_path(rd.last_checkpoint) as tmp:
+        torch.save({"state_dict": module.state_dict(),
+                    "hyper_parameters": dict(module.hparams)}, tmp)
+    return rd.path
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mimic_runner.analysis.load import LoadedRun
 from mimic_runner.data.schema import SPLITS
 from mimic_runner.errors import UserError
+from mimic_runner.feedback.diff import evaluate_version
 from mimic_runner.feedback.roi import ROI, rasterize_roi, validate_roi
 from mimic_runner.feedback.store import (
     FeedbackInvalid,
     FeedbackNotFound,
     FeedbackStore,
     roi_from_row,
+    sha256_file,
 )
 from mimic_runner.training.attention import AttentionBranchModule
-from mimic_runner.training.run_io import LoadedRun
 
 #: Splits whose images may carry feedback: retraining learns from them, so held-out images
 #: (val, test) stay untouched and the differences measured on them stay honest.
@@ -60,11 +63,17 @@ class FeedbackSession:
 
     ``workspace`` defaults to ``RUN_DIR/feedback``. The dataset and the run's config are
     loaded once; model versions are loaded from their checkpoints (sha256-checked) on demand.
+
+    A workspace belongs to the checkpoint it was started on: when the run's checkpoint no longer
+    has the sha256 recorded for version 1 (the run was trained again), opening it is refused
+    with one line, or, with ``fresh=True``, the old workspace is set aside (renamed
+    ``<name>.stale-<time>``, nothing deleted) and a new one is started.
     """
 
     def __init__(self, run_dir: str | Path, workspace: str | Path | None = None,
-                 author: str = "", loaded: LoadedRun | None = None) -> None:
-        from mimic_runner.training.run_io import load_run
+                 author: str = "", loaded: LoadedRun | None = None,
+                 fresh: bool = False) -> None:
+        from mimic_runner.analysis.load import load_run
 
         self.run_dir = Path(run_dir)
         # ``loaded``: an already loaded run (several workspaces on one run, e.g. in tests).
@@ -76,6 +85,8 @@ class FeedbackSession:
         self.dm = loaded.datamodule
         self.workspace = Path(workspace) if workspace else self.run_dir / "feedback"
         self.store = FeedbackStore(self.workspace / "feedback.sqlite")
+        self.set_aside: Path | None = None
+        self._check_first_version(Path(loaded.checkpoint), fresh)
         self.author = author
         self.class_names = list(self.dm.class_names)
         self.index: dict[str, ImageRef] = {}
@@ -84,16 +95,40 @@ class FeedbackSession:
                 key = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
                 self.index[key] = ImageRef(key, split, row)
         self._models: OrderedDict[int, AttentionBranchModule] = OrderedDict()
+        self._weights_sha: dict[int, tuple[int, str]] = {}
         self._lock = threading.RLock()
         if not self.store.versions():
             # Version 1 gets the run's metrics plus the held-out measures that candidates
             # record, so that the history compares like with like.
-            from mimic_runner.feedback.diff import evaluate_version
-
             metrics = {**(loaded.metrics or {}), **evaluate_version(self, loaded.module, "val")}
             self.store.initialise(loaded.checkpoint, metrics, author=author)
         first = self.store.version(1)
         self._models[1] = self._prepare(loaded.module, first)
+
+    def _check_first_version(self, checkpoint: Path, fresh: bool) -> None:
+        """Refuse (or, ``fresh``, set aside) a workspace started on another checkpoint."""
+        versions = self.store.versions()
+        if not versions:
+            return
+        recorded = versions[0]["sha256"]
+        now = sha256_file(checkpoint)
+        if now == recorded:
+            return
+        if not fresh:
+            raise UserError(
+                f"{self.workspace}: this feedback workspace was started on another checkpoint "
+                f"of the run (version 1 has sha256 {recorded[:12]}…, {checkpoint} now has "
+                f"{now[:12]}…: was the run trained again?); add --fresh to set the old "
+                "workspace aside and start a new one, or choose another --workspace")
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        aside = self.workspace.with_name(f"{self.workspace.name}.stale-{stamp}")
+        k = 1
+        while aside.exists():
+            aside = self.workspace.with_name(f"{self.workspace.name}.stale-{stamp}-{k}")
+            k += 1
+        self.workspace.rename(aside)
+        self.set_aside = aside
+        self.store = FeedbackStore(self.workspace / "feedback.sqlite")
 
     # -- data --------------------------------------------------------------------------------
     @property
@@ -220,6 +255,9 @@ class FeedbackSession:
                  ) -> list[dict[str, Any]]:
         """Validate (ids, splits, coverage) and store regions; all or none."""
         for i, r in enumerate(rois):
+            if not isinstance(r, dict) or "image_id" not in r:
+                raise FeedbackInvalid(f"region {i}: a region is an object with image_id, shape, "
+                                      "kind and points")
             ref = self.ref(str(r["image_id"]))
             if ref.split not in FEEDBACK_SPLITS:
                 raise FeedbackInvalid(
@@ -237,6 +275,25 @@ class FeedbackSession:
                                       f"{self.width} image; draw a larger region")
         return self.store.add_rois(rois, author=self.author if author is None else author)
 
+    def update_roi(self, roi_id: int, changes: dict[str, Any], author: str | None = None
+                   ) -> dict[str, Any]:
+        """Move, reshape or switch the kind of a stored region (validated like a new one)."""
+        rows = [r for r in self.store.rois() if r["id"] == roi_id]
+        if rows and "points" in changes:
+            row = rows[0]
+            try:
+                points = tuple((float(x), float(y)) for x, y in changes["points"])
+                validate_roi(row["shape"], changes.get("kind", row["kind"]), points,
+                             float(changes.get("weight", row["weight"])))
+            except (ValueError, TypeError) as exc:
+                raise FeedbackInvalid(f"region {roi_id}: {exc}") from None
+            roi = ROI(shape=row["shape"], kind=row["kind"], points=points)
+            if not bool(rasterize_roi(roi, self.height, self.width).any()):
+                raise FeedbackInvalid(f"region {roi_id} would cover no pixel of the "
+                                      f"{self.height}x{self.width} image; make it larger")
+        return self.store.update_roi(roi_id, changes,
+                                     author=self.author if author is None else author)
+
     def rois_by_image(self) -> dict[str, list[ROI]]:
         """Regions on feedback-split images, grouped by image id (in insertion order)."""
         grouped: dict[str, list[ROI]] = {}
@@ -248,19 +305,42 @@ class FeedbackSession:
         return grouped
 
     # -- decisions ---------------------------------------------------------------------------
+    def weights_sha256(self, version_id: int) -> str:
+        """sha256 of the served weights of a version (recomputed whenever it is reloaded)."""
+        module = self.model(version_id)
+        with self._lock:
+            cached = self._weights_sha.get(version_id)
+            if cached is None or cached[0] != id(module):
+                cached = (id(module), state_sha256(module))
+                self._weights_sha[version_id] = cached
+            return cached[1]
+
     def status(self) -> dict[str, Any]:
         versions = self.store.versions()
         current = next(v for v in versions if v["current"])
         candidate = next((v for v in reversed(versions) if v["status"] == "candidate"), None)
         return {"current": current, "candidate": candidate, "versions": versions,
+                "revert_targets": self.store.revert_targets(),
                 "n_rois": len(self.store.rois()),
-                "weights_sha256": state_sha256(self.model(int(current["id"])))}
+                "weights_sha256": self.weights_sha256(int(current["id"]))}
 
     def accept(self, version_id: int | None = None, author: str | None = None
                ) -> dict[str, Any]:
         version = self.store.accept(version_id, author=self.author if author is None else author)
         self.store.verified_checkpoint(version)
         return version
+
+    def discard(self, author: str | None = None) -> dict[str, Any]:
+        """Discard the pending candidate; the current version stays."""
+        return self.store.discard(author=self.author if author is None else author)
+
+    def revert(self, version_id: int, author: str | None = None) -> dict[str, Any]:
+        """Return to an earlier accepted version, served from its sha256-checked file."""
+        result = self.store.revert(version_id, author=self.author if author is None else author)
+        self.store.verified_checkpoint(result["current"])
+        with self._lock:
+            self._models.pop(int(result["current"]["id"]), None)
+        return result
 
     def rollback(self, author: str | None = None) -> dict[str, Any]:
         result = self.store.rollback(author=self.author if author is None else author)

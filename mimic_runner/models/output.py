@@ -22,7 +22,3 @@ class ModelOutput:
     features: Tensor
     member_logits: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
-
-    @property
-    def is_ensemble(self) -> bool:
-        return self.member_logits is not None

@@ -7,7 +7,6 @@ A run is any folder with ``.hydra/config.yaml``: ``finished`` when it has ``metr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mimic_runner.paths import sweeps_dir
-from mimic_runner.training.run import find_run_dirs, run_status
+from mimic_runner.rundir import RunDir, find_run_dirs
 
 TABLES = ("table1", "table2")
 # Table 1's ensembles have ten sub-models; other sizes are labelled and not matched to it.
@@ -49,14 +48,6 @@ def _load_yaml(path: Path) -> DictConfig | ListConfig | None:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _as_int(value: Any) -> int | None:
     try:
         return int(value)
@@ -76,17 +67,19 @@ def variant_of(overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> st
     return ",".join(sorted(keep))
 
 
-def load_run(run_dir: Path) -> Run:
-    """Read one run folder (never raises on a damaged file: it reads what it can)."""
-    run_dir = Path(run_dir)
-    cfg = _load_yaml(run_dir / ".hydra" / "config.yaml")
-    hydra_cfg = _load_yaml(run_dir / ".hydra" / "hydra.yaml")
-    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
-    status = run_status(run_dir)
-    metrics = _read_json(run_dir / "metrics.json") if status == "finished" else None
+def read_run(run_dir: Path) -> Run:
+    """Read one run folder for the report (never raises on a damaged file: it reads what it
+    can)."""
+    rd = RunDir(run_dir)
+    run_dir = rd.path
+    cfg = _load_yaml(rd.config)
+    hydra_cfg = _load_yaml(rd.hydra_config)
+    overrides = _load_yaml(rd.overrides)
+    status = rd.status()
+    metrics = rd.read_metrics() if status == "finished" else None
     if status == "finished" and metrics is None:
         status = "incomplete"  # an unreadable metrics.json
-    failed = _read_json(run_dir / "failed.json") if status == "failed" else None
+    failed = rd.read_failure() if status == "failed" else None
 
     def select(key: str) -> Any:
         if cfg is None:
@@ -118,7 +111,7 @@ def load_run(run_dir: Path) -> Run:
 
 def collect_runs(root: Path) -> list[Run]:
     """Every run under ``root`` (recursively), sorted by path."""
-    return [load_run(d) for d in find_run_dirs(Path(root))]
+    return [read_run(d) for d in find_run_dirs(Path(root))]
 
 
 def runs_for_table(runs: Sequence[Run], table: str) -> tuple[list[Run], str]:

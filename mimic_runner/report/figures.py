@@ -10,29 +10,18 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from mimic_runner.data.schema import read_dataset
 from mimic_runner.errors import UserError
-from mimic_runner.io import atomic_path
+from mimic_runner.plotting import HEAT_CMAP, display_image, new_figure, overlay, save_png
 from mimic_runner.report.collect import PAPER_ENSEMBLE_SIZE, Run
 from mimic_runner.report.tables import MODEL_LABELS, PaperValues
-
-DPI = 120
+from mimic_runner.rundir import RunDir
 
 
 class FigureSkipped(Exception):
     """A figure's inputs are missing; the message says which."""
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    return path
 
 
 # -- Figure 1: KLD and NSS per ensemble size ---------------------------------------------------
@@ -44,7 +33,7 @@ def figure_boxplots(runs: Sequence[Run], out: Path, paper: PaperValues | None = 
     sizes = sorted({r.ensemble_size for r in finished})
     if not sizes:
         raise FigureSkipped("no finished Table 2 run (sweep=table2)")
-    fig = Figure(figsize=(4.2 * 2, 3.6), layout="constrained")
+    fig = new_figure(4.2 * 2, 3.6)
     for ax, key, label in zip(fig.subplots(1, 2), ("test/kld", "test/nss"), ("KLD", "NSS")):
         data = [[float(r.metrics[key]) for r in finished if r.ensemble_size == s
                  and r.metrics.get(key) is not None and math.isfinite(r.metrics[key])]
@@ -67,7 +56,7 @@ def figure_boxplots(runs: Sequence[Run], out: Path, paper: PaperValues | None = 
         ax.set_ylabel(label)
         ax.set_title(f"{label} ({'lower' if label == 'KLD' else 'higher'} is better)")
     fig.suptitle("Figure 1: explanation ensemble, agreement with gaze per ensemble size")
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 def _boxes(ax, data: list[list[float]], pos: np.ndarray, width: float, color: str) -> None:  # type: ignore[no-untyped-def]
@@ -94,7 +83,7 @@ def pick_runs_for_samples(runs: Sequence[Run], models: Sequence[str] = FIG2_MODE
     Table 1's ensembles (the paper's size) are preferred to other sizes.
     """
     usable = [r for r in runs if r.status == "finished" and r.model in models
-              and (r.path / "explanations.h5").exists()]
+              and RunDir(r.path).explanations.exists()]
     usable.sort(key=lambda r: (r.model in ("normal_ensemble", "expl_ensemble")
                                and r.ensemble_size != PAPER_ENSEMBLE_SIZE, str(r.path)))
     by_model: dict[str, list[Run]] = {}
@@ -109,16 +98,13 @@ def pick_runs_for_samples(runs: Sequence[Run], models: Sequence[str] = FIG2_MODE
     return picked
 
 
-def _read_explanations(path: Path) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+def _read_explanations(run: Run) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
     """ids -> row, maps (N, H, W), predictions of a run's ``explanations.h5``."""
     try:
-        with h5py.File(path, "r") as f:
-            ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["ids"][()]]
-            maps = f["maps"][()].astype(np.float32)
-            preds = f["predictions"][()]
-    except (OSError, KeyError) as exc:
-        raise FigureSkipped(f"{path}: unreadable ({exc})") from None
-    return {i: k for k, i in enumerate(ids)}, maps, preds
+        e = RunDir(run.path).read_explanations()
+    except UserError as exc:
+        raise FigureSkipped(str(exc)) from None
+    return {str(i): k for k, i in enumerate(e.ids)}, e.maps, e.predictions
 
 
 def figure_samples(runs: Sequence[Run], out: Path, n_samples: int = 5, seed: int = 0) -> Path:
@@ -131,7 +117,7 @@ def figure_samples(runs: Sequence[Run], out: Path, n_samples: int = 5, seed: int
     if not picked:
         raise FigureSkipped("no finished baseline / improved_unet / expl_ensemble run with "
                             "explanations.h5")
-    expl = {m: _read_explanations(r.path / "explanations.h5") for m, r in picked.items()}
+    expl = {m: _read_explanations(r) for m, r in picked.items()}
     common = sorted(set.intersection(*(set(e[0]) for e in expl.values())))
     if not common:
         raise FigureSkipped("the runs' explanations.h5 share no test image id "
@@ -153,22 +139,22 @@ def figure_samples(runs: Sequence[Run], out: Path, n_samples: int = 5, seed: int
     sample_ids = [common[k] for k in chosen]
     models = [m for m in FIG2_MODELS if m in picked]
     ncols = 1 + len(models)
-    fig = Figure(figsize=(2.3 * ncols, 2.4 * len(sample_ids)), layout="constrained")
+    fig = new_figure(2.3 * ncols, 2.4 * len(sample_ids))
     axes = np.asarray(fig.subplots(len(sample_ids), ncols, squeeze=False))
     classes = info.class_names
     for i, sid in enumerate(sample_ids):
         k = row_of[sid]
-        img = _display_image(data["images"][k])
+        img = display_image(data["images"][k])
         label = classes[int(data["labels"][k])] if classes else str(data["labels"][k])
         gaze = data["gaze"][k] if "gaze" in data else None
-        _overlay(axes[i, 0], img, gaze)
+        overlay(axes[i, 0], img, gaze)
         axes[i, 0].set_ylabel(f"{sid}\n{label}", fontsize=7)
         if i == 0:
             axes[i, 0].set_title("image + gaze" if gaze is not None else "image (no gaze)",
                                  fontsize=9)
         for j, m in enumerate(models, start=1):
             ids, maps, preds = expl[m]
-            _overlay(axes[i, j], img, maps[ids[sid]])
+            overlay(axes[i, j], img, maps[ids[sid]])
             pred = int(preds[ids[sid]])
             axes[i, j].set_xlabel(f"pred: {classes[pred] if classes else pred}", fontsize=7)
             if i == 0:
@@ -179,26 +165,7 @@ def figure_samples(runs: Sequence[Run], out: Path, n_samples: int = 5, seed: int
     if missing:
         title += f" (no run of {', '.join(missing)})"
     fig.suptitle(title, fontsize=10)
-    return _save(fig, out)
-
-
-def _display_image(img: np.ndarray) -> np.ndarray:
-    """(C, H, W) uint8 -> (H, W) grey or (H, W, 3) RGB in [0, 1]."""
-    x = img.astype(np.float32) / 255.0
-    return x[0] if x.shape[0] == 1 else np.transpose(x[:3], (1, 2, 0))
-
-
-def _overlay(ax, img: np.ndarray, heat: np.ndarray | None) -> None:  # type: ignore[no-untyped-def]
-    # Both layers share one extent, so maps at another resolution than the image still align.
-    extent = (0.0, 1.0, 1.0, 0.0)
-    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=extent, vmin=0, vmax=1)
-    if heat is not None:
-        h = np.asarray(heat, dtype=np.float32)
-        span = float(h.max() - h.min())
-        h = (h - h.min()) / span if span > 0 else np.zeros_like(h)
-        ax.imshow(h, cmap="jet", alpha=0.45, extent=extent, vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    return save_png(fig, out)
 
 
 # -- Figures 3-4: each sub-model's mean Grad-CAM at the saved epochs ---------------------------
@@ -208,7 +175,7 @@ def pick_member_cam_run(runs: Sequence[Run], model: str, prefer_seed: int | None
     """A finished ``model`` run with ``member_cams.h5``: the paper's ensemble size and
     ``prefer_seed`` first."""
     usable = [r for r in runs if r.model == model and r.status == "finished"
-              and (r.path / "member_cams.h5").exists()]
+              and RunDir(r.path).member_cams.exists()]
     usable.sort(key=lambda r: (r.ensemble_size != PAPER_ENSEMBLE_SIZE, r.seed != prefer_seed,
                                str(r.path)))
     return usable[0] if usable else None
@@ -218,14 +185,12 @@ def figure_member_cams(run: Run | None, out: Path, title: str) -> Path:
     """Rows: the saved epochs; columns: the sub-models' mean validation Grad-CAM."""
     if run is None:
         raise FigureSkipped("no finished run with member_cams.h5")
-    path = run.path / "member_cams.h5"
+    path = RunDir(run.path).member_cams
     try:
-        with h5py.File(path, "r") as f:
-            epochs = sorted(int(k.split("_", 1)[1]) for k in f if k.startswith("epoch_"))
-            cams = {e: f[f"epoch_{e}"][()] for e in epochs}
-            mean_image = f["mean_image"][()] if "mean_image" in f else None
+        cams, mean_image = RunDir(run.path).read_member_cams()
     except (OSError, KeyError, ValueError) as exc:
         raise FigureSkipped(f"{path}: unreadable ({exc})") from None
+    epochs = sorted(cams)
     if not epochs:
         raise FigureSkipped(f"{path}: no epoch_<e> dataset")
     n_members = max(c.shape[0] for c in cams.values())
@@ -233,17 +198,16 @@ def figure_member_cams(run: Run | None, out: Path, title: str) -> Path:
     if mean_image is not None:
         span = float(mean_image.max() - mean_image.min())
         bg = (mean_image - mean_image.min()) / span if span > 0 else mean_image * 0
-    fig = Figure(figsize=(1.7 * n_members + 0.6, 1.8 * len(epochs) + 0.6),
-                 layout="constrained")
+    fig = new_figure(1.7 * n_members + 0.6, 1.8 * len(epochs) + 0.6)
     axes = np.asarray(fig.subplots(len(epochs), n_members, squeeze=False))
     for i, e in enumerate(epochs):
         for j in range(n_members):
             ax = axes[i, j]
             if j < cams[e].shape[0]:
                 if bg is not None:
-                    _overlay(ax, bg, cams[e][j])
+                    overlay(ax, bg, cams[e][j])
                 else:
-                    ax.imshow(cams[e][j], cmap="jet")
+                    ax.imshow(cams[e][j], cmap=HEAT_CMAP)
                     ax.set_xticks([])
                     ax.set_yticks([])
             else:
@@ -253,4 +217,4 @@ def figure_member_cams(run: Run | None, out: Path, title: str) -> Path:
             if j == 0:
                 ax.set_ylabel(f"epoch {e}", fontsize=8)
     fig.suptitle(f"{title} (seed {run.seed}, N={run.ensemble_size})", fontsize=10)
-    return _save(fig, out)
+    return save_png(fig, out)

@@ -1,11 +1,12 @@
 """Build a run's DataModule, LightningModule and Trainer from its composed Hydra config.
 
-The same builders serve `mimic-run` and the tools that reload a finished run (explanations,
-feedback), so a run directory's `.hydra/config.yaml` is all that is needed to rebuild it.
+The same builders serve `mimic-run`, :func:`~mimic_runner.training.checkpoint.load_checkpoint`
+and the tools that reload a finished run (explanations, feedback).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from mimic_runner.data.datamodule import HDF5DataModule
 from mimic_runner.errors import UserError
+from mimic_runner.rundir import RunDir
 from mimic_runner.training.callbacks import ExplanationWriter, MemberCamSnapshot
 from mimic_runner.training.modules import ExplainedClassifier
 
+# The config sections a model is rebuilt from (saved in every checkpoint).
+MODEL_SECTIONS = ("model", "backbone", "explain")
 
-def _instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a module needs to know about its data; saved in its checkpoints."""
+
+    in_channels: int = 1
+    num_classes: int = 3
+    maps: tuple[str, ...] = ("gaze", "fixations", "confounder")
+    class_names: tuple[str, ...] = field(default=())
+    image_size: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, dm: HDF5DataModule) -> DataShape:
+        return cls(in_channels=dm.in_channels, num_classes=dm.num_classes, maps=tuple(dm.maps),
+                   class_names=tuple(dm.class_names), image_size=tuple(dm.size))
+
+
+def _instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising a :class:`UserError` from inside a constructor
+    as itself (Hydra wraps it in a multi-line InstantiationException)."""
     try:
         return instantiate(cfg, **kwargs)
     except InstantiationException as exc:
@@ -33,33 +56,55 @@ def _instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
 
 
 def build_datamodule(cfg: DictConfig) -> HDF5DataModule:
-    return _instantiate(cfg.data, "data", cache_dir=cfg.paths.cache_dir, seed=cfg.seed,
-                        _convert_="all")
+    return _instantiate(cfg.data, cache_dir=cfg.paths.cache_dir, seed=cfg.seed, _convert_="all")
 
 
 def backbone_factory(cfg: DictConfig) -> tuple[Any, int]:
     """The backbone config as a factory ``f(in_channels=...)`` and its explained stage index."""
     bb = OmegaConf.to_container(cfg.backbone, resolve=True)
-    assert isinstance(bb, dict)
+    if not isinstance(bb, dict):
+        raise UserError("backbone: expected a mapping; choose an option of the backbone group")
     explain_layer = int(bb.pop("explain_layer", -1))
-    bb.pop("name_for_runs", None)
+    bb.pop("min_image_size", None)  # checked by config.validate, not a constructor argument
     bb["_partial_"] = True
     return instantiate(bb), explain_layer
 
 
-def build_module(cfg: DictConfig, dm: HDF5DataModule) -> ExplainedClassifier:
+def build_module(cfg: DictConfig, data: HDF5DataModule | DataShape) -> ExplainedClassifier:
+    """The LightningModule of ``cfg.model``. Its hyper-parameters (the model, backbone and
+    explain sections, resolved, and the data's shape) go into every checkpoint it writes, so
+    that :func:`~mimic_runner.training.checkpoint.load_checkpoint` needs nothing else."""
+    shape = data if isinstance(data, DataShape) else DataShape.of(data)
     factory, explain_layer = backbone_factory(cfg)
-    return _instantiate(
-        cfg.model, "model", backbone=factory, in_channels=dm.in_channels,
-        num_classes=dm.num_classes, maps=tuple(dm.maps), explain_target=cfg.explain.target,
-        explain_layer=explain_layer, nss_variant=cfg.explain.nss_variant, _convert_="all")
+    module = _instantiate(
+        cfg.model, backbone=factory, in_channels=shape.in_channels,
+        num_classes=shape.num_classes, maps=tuple(shape.maps),
+        explain_target=cfg.explain.target, explain_layer=explain_layer,
+        nss_variant=cfg.explain.nss_variant, _convert_="all")
+    sections = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_SECTIONS}
+    module.save_hyperparameters({"config": sections, "data": asdict(shape)}, logger=False)
+    return module
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, module: ExplainedClassifier) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, module: ExplainedClassifier,
+                  devices: list[int] | None = None, loggers: list[Any] | None = None
+                  ) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks and loggers plus the run's
+    artefact writers; ``devices`` overrides ``trainer.devices`` (a launcher's GPU slot)."""
+    rd = RunDir(run_dir)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    callbacks.append(ExplanationWriter(run_dir / "explanations.h5"))
+    callbacks.append(ExplanationWriter(rd))
     if module.ensemble_size > 1 and cfg.explain.member_cam_epochs:
-        callbacks.append(MemberCamSnapshot(run_dir / "member_cams.h5",
-                                           epochs=list(cfg.explain.member_cam_epochs)))
-    logger = instantiate(cfg.logger) if cfg.logger else False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, _convert_="all")
+        callbacks.append(MemberCamSnapshot(rd, epochs=list(cfg.explain.member_cam_epochs)))
+    extra = {"devices": devices} if devices is not None else {}
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       _convert_="all", **extra)
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """The configured Lightning loggers (none, one, or several under ``logger.<name>``)."""
+    if not cfg.get("logger"):
+        return []
+    if "_target_" in cfg.logger:
+        return [instantiate(cfg.logger)]
+    return [instantiate(c) for c in cfg.logger.values() if c is not None and "_target_" in c]

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import h5py
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
-from mimic_runner.io import atomic_path
+from mimic_runner.rundir import RunDir
 
 
 class ExplanationWriter(L.Callback):
-    """Collects the test-set maps from ``test_step`` and writes ``explanations.h5`` atomically.
+    """Collects the test-set maps from ``test_step`` and writes the run's ``explanations.h5``
+    (:meth:`~mimic_runner.rundir.RunDir.write_explanations`)."""
 
-    Keys: ``maps`` float16 (N, H, W), ``labels`` int64, ``predictions`` int64, ``probabilities``
-    float32 (N, K), ``ids`` utf-8 (the dataset's ids, in test-split order), plus attributes
-    ``class_names``, ``explain_target``, ``model``.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
         self._rows: list[dict[str, Tensor]] = []
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -44,17 +38,11 @@ class ExplanationWriter(L.Callback):
             return
         cat = {k: torch.cat([r[k] for r in self._rows]).numpy() for k in self._rows[0]}
         dm = trainer.datamodule  # type: ignore[attr-defined]
-        ids = np.asarray(dm.ids["test"])[cat["index"]]
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("maps", data=cat["maps"], compression="gzip", compression_opts=1)
-            f.create_dataset("labels", data=cat["labels"].astype(np.int64))
-            f.create_dataset("predictions",
-                             data=cat["probabilities"].argmax(-1).astype(np.int64))
-            f.create_dataset("probabilities", data=cat["probabilities"].astype(np.float32))
-            f.create_dataset("ids", data=ids.astype(object), dtype=h5py.string_dtype("utf-8"))
-            f.attrs["class_names"] = np.asarray(dm.class_names, dtype=object)
-            f.attrs["explain_target"] = getattr(pl_module, "explain_target", "pred")
-            f.attrs["model"] = getattr(pl_module, "model_name", "")
+        self.run_dir.write_explanations(
+            maps=cat["maps"], labels=cat["labels"], probabilities=cat["probabilities"],
+            ids=np.asarray(dm.ids["test"])[cat["index"]], class_names=list(dm.class_names),
+            explain_target=getattr(pl_module, "explain_target", "pred"),
+            model=getattr(pl_module, "model_name", ""))
         self._rows = []
 
 
@@ -66,9 +54,9 @@ class MemberCamSnapshot(L.Callback):
     split of each member's min-max normalised Grad-CAM of the true class) and ``mean_image``.
     """
 
-    def __init__(self, path: str | Path, epochs: list[int] | tuple[int, ...] = (1, 6),
+    def __init__(self, run_dir: RunDir, epochs: list[int] | tuple[int, ...] = (1, 6),
                  max_batches: int | None = None) -> None:
-        self.path = Path(path)
+        self.run_dir = run_dir
         self.epochs = {int(e) for e in epochs}
         self.max_batches = max_batches
         self._sum: Tensor | None = None
@@ -101,20 +89,7 @@ class MemberCamSnapshot(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._sum is None or not self._count:
             return
-        epoch = trainer.current_epoch + 1
-        mean = (self._sum / self._count).numpy()
-        mode = "a" if self.path.exists() else "w"
-        # Append by rewriting atomically: copy the old datasets, add the new epoch.
-        old: dict[str, np.ndarray] = {}
-        if mode == "a":
-            with h5py.File(self.path, "r") as f:
-                old = {k: f[k][()] for k in f}
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
-            for k, v in old.items():
-                f.create_dataset(k, data=v)
-            if f"epoch_{epoch}" in f:
-                del f[f"epoch_{epoch}"]
-            f.create_dataset(f"epoch_{epoch}", data=mean.astype(np.float32))
-            if "mean_image" not in f and self._img is not None:
-                f.create_dataset("mean_image", data=(self._img / self._count).numpy())
+        mean_image = None if self._img is None else (self._img / self._count).numpy()
+        self.run_dir.add_member_cams(trainer.current_epoch + 1,
+                                     (self._sum / self._count).numpy(), mean_image)
         self._sum, self._img, self._count = None, None, 0

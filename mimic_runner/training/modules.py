@@ -81,6 +81,8 @@ class ExplainedClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(average="micro", **kw)
         self.explanation_metrics = ExplanationMetrics(maps=tuple(maps), nss_variant=nss_variant,
                                                       prefix="test/")
+        # (mean, std) of (1, C, 1, 1) that inputs are normalised with; set by load_checkpoint.
+        self.input_normalisation: tuple[Tensor, Tensor] | None = None
 
     # -- to be specialised ---------------------------------------------------------------------
     def build_net(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
@@ -172,6 +174,10 @@ class ExplainedClassifier(L.LightningModule):
     # Global RNG state travels with the checkpoint, so a resumed run draws the same dropout
     # masks etc. as an uninterrupted one.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(dm, "mean", None) is not None:  # what load_checkpoint's users feed it
+            checkpoint["input_normalisation"] = {"mean": dm.mean.flatten().tolist(),
+                                                 "std": dm.std.flatten().tolist()}
         checkpoint["rng_torch"] = torch.get_rng_state()
         if torch.cuda.is_available():
             checkpoint["rng_cuda"] = torch.cuda.get_rng_state_all()

@@ -1,0 +1,56 @@
+"""Output: Python ``logging`` for what happens, one rich console for the terminal.
+
+Status and warnings go through ``logging.getLogger(__name__)``; :class:`ConsoleHandler` is the
+one handler that shows them on stderr (mimic-runner's INFO and everyone's WARNING), Hydra's
+job logging adds ``run.log`` (INFO) for ``mimic-run``. A command's *result* (a table, the path
+it wrote) is printed on :data:`stdout`; progress bars draw on :data:`console` (stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+# soft_wrap: status lines stay whole in logs (grep-able), whatever the width.
+console = Console(stderr=True, soft_wrap=True)
+# Results; 120 columns when stdout is not a terminal (a log file), so tables do not wrap.
+stdout = Console() if Console().is_terminal else Console(width=120)
+
+_OWN = "mimic_runner"
+
+
+class _OwnInfoOthersWarning(logging.Filter):
+    """Our INFO lines are status a user wants (skipped, resumed, wrote); libraries' INFO
+    (Lightning's device banner, ...) belongs in run.log only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith(_OWN)
+
+
+class ConsoleHandler(RichHandler):
+    """The console handler of every command (Hydra's job logging names it by class path)."""
+
+    def __init__(self, level: int | str = logging.INFO, **_ignored: object) -> None:
+        # _ignored: a stream Hydra's default logging config names; the console is ours.
+        super().__init__(level=level, console=console, show_time=False, show_path=False,
+                         show_level=False, markup=False, rich_tracebacks=False,
+                         highlighter=None, keywords=[])
+        self.addFilter(_OwnInfoOthersWarning())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING and not record.getMessage().startswith(
+                ("warning:", "error:")):
+            record = logging.makeLogRecord({**record.__dict__,
+                                            "msg": f"warning: {record.getMessage()}",
+                                            "args": None})
+        super().emit(record)
+
+
+def setup_cli_logging(level: int = logging.INFO) -> None:
+    """For the commands Hydra does not configure (mimic-report, -explain, -data, ...)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, ConsoleHandler) for h in root.handlers):
+        root.addHandler(ConsoleHandler())
+    root.setLevel(min(root.level or logging.WARNING, level))
