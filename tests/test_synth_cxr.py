@@ -345,6 +345,10 @@ def test_conf_variants_generate(option):
     params = {**OmegaConf.to_container(cfg.synth.params), "n": 30, "size": 64}
     data = synth_cxr.generate(**params)
     assert params["marker"] is False and params["gaze_finding_focus"] > 0
+    # The same anatomy, findings, labels and splits as synth_cxr for the seed.
+    default = synth_cxr.generate(n=30, size=64)
+    for key in ("labels", "split", "finding"):
+        assert np.array_equal(data[key], default[key]), key
     if option == "synth_cxr_clean":
         assert not data["confounder"].any()
     else:

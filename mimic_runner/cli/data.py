@@ -13,7 +13,8 @@ from mimic_runner.errors import exit_on_user_error
 
 
 def _info(args: argparse.Namespace) -> None:
-    info = validate_dataset(args.file, require_splits=())
+    # deep: read every block once, so that a damaged chunk is reported here, not mid-training.
+    info = validate_dataset(args.file, require_splits=(), deep=True)
     console = Console()
     console.print(f"[bold]{info.path}[/bold]  schema v{info.attrs.get('schema_version')}  "
                   f"source={info.attrs.get('source', '')!s}  aligned={info.attrs.get('aligned')}")

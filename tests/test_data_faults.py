@@ -1,0 +1,308 @@
+"""Fault injection for the data layer: every malformed dataset file, and every output that
+cannot be written, ends in one ``error:`` line (exit 2, no traceback) before any large
+allocation or any work; a full disk leaves no file behind."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import resource
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mimic_runner.cli.data import main as data_main
+from mimic_runner.data import schema
+from mimic_runner.data.cache import ensure_synth
+from mimic_runner.data.datamodule import HDF5DataModule
+from mimic_runner.data.schema import read_dataset, validate_dataset, write_dataset
+from mimic_runner.errors import DatasetError, UserError
+
+
+def _arrays(n: int = 12, size: int = 8) -> dict:
+    rng = np.random.default_rng(0)
+    return dict(
+        images=rng.integers(0, 255, (n, 1, size, size), dtype=np.uint8),
+        labels=np.arange(n) % 3,
+        split=np.arange(n) % 3,
+        ids=[f"img{i:03d}" for i in range(n)],
+        class_names=["Normal", "CHF", "pneumonia"],
+        gaze=rng.random((n, size, size)).astype(np.float32),
+        fixations=rng.random((n, size, size)) > 0.5,
+        confounder=np.zeros((n, size, size), bool),
+    )
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "data.h5", **_arrays())
+
+
+def _edit(path: Path, edit: Callable[[h5py.File], None]) -> Path:
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def _replace(key: str, **create: object) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        del f[key]
+        f.create_dataset(key, **create)
+
+    return edit
+
+
+def _bad_ids(f: h5py.File) -> None:
+    del f["ids"]
+    raw = np.array([b"\xff\xfe%d" % i for i in range(12)], dtype=object)
+    f.create_dataset("ids", data=raw, dtype=h5py.string_dtype("utf-8"))
+
+
+def _tiny(side: int) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        for key in ("images", "gaze", "fixations", "confounder"):
+            del f[key]
+        f.create_dataset("images", data=np.zeros((12, 1, side, side), np.uint8))
+
+    return edit
+
+
+def _huge(f: h5py.File) -> None:
+    # Declared, never written: the file stays a few kB, reading it would need terabytes.
+    for key in ("images", "gaze", "fixations", "confounder"):
+        del f[key]
+    f.create_dataset("images", shape=(12, 1, 100_000, 100_000), dtype=np.uint8,
+                     chunks=(1, 1, 256, 256))
+    f.create_dataset("gaze", shape=(12, 100_000, 100_000), dtype=np.float32,
+                     chunks=(1, 256, 256))
+
+
+def _to_dir(path: Path) -> Path:
+    path.unlink()
+    path.mkdir()
+    return path
+
+
+def _corrupt_chunk(path: Path, key: str, chunk: int = 0) -> Path:
+    """Overwrite one compressed chunk of ``key`` with garbage (h5py then raises OSError)."""
+    with h5py.File(path, "r") as f:
+        info = f[key].id.get_chunk_info(chunk)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff\x00garbage" * (info.size // 9 + 1))
+    return path
+
+
+# name -> (make the bad file from a good one, text the one error line must hold)
+BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "schema_version not an integer": (
+        lambda p: _edit(p, lambda f: f.attrs.__setitem__("schema_version", "abc")),
+        "attribute 'schema_version' is 'abc' (str); expected the integer 1"),
+    "schema_version a float": (
+        lambda p: _edit(p, lambda f: f.attrs.__setitem__("schema_version", 1.5)),
+        "attribute 'schema_version' is 1.5 (float)"),
+    "ids not UTF-8": (lambda p: _edit(p, _bad_ids),
+                      "key 'ids': row 0 is not valid UTF-8"),
+    "class_names a plain string": (
+        lambda p: _edit(p, lambda f: f.attrs.__setitem__("class_names", "NormalCHFpneumonia")),
+        "attribute 'class_names' is the single string 'NormalCHFpneumonia'; store one string "
+        "per class"),
+    "class_names not strings": (
+        lambda p: _edit(p, lambda f: f.attrs.__setitem__("class_names", np.array([1, 2, 3]))),
+        "expected a list of strings"),
+    "corrupted gaze chunk": (lambda p: _corrupt_chunk(p, "gaze"),
+                             "key 'gaze': the stored data cannot be read"),
+    "1x1 images": (lambda p: _edit(p, _tiny(1)), "images are 1x1 px; mimic-runner needs at "
+                                                 "least 8x8"),
+    "7x7 images": (lambda p: _edit(p, _tiny(7)), "images are 7x7 px"),
+    "absurd declared size": (lambda p: _edit(p, _huge),
+                             "the file declares 12 images of 1x100000x100000 px"),
+    "directory": (lambda p: _to_dir(p), "is a directory, not a dataset file"),
+    "map is a group": (lambda p: _edit(p, lambda f: (f.__delitem__("confounder"),
+                                                     f.create_group("confounder"))),
+                       "key 'confounder': is a group"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_file_is_one_clear_error_before_large_allocations(good: Path, case: str) -> None:
+    make, message = BAD_FILES[case]
+    bad = make(good)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError) as exc:
+            read_dataset(bad)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    text = str(exc.value)
+    assert message in text and str(bad) in text and "\n" not in text
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_info_cli_prints_one_line(good: Path, case: str,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bad = BAD_FILES[case][0](good)
+    with pytest.raises(SystemExit) as exc:
+        data_main(["info", str(bad)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert BAD_FILES[case][1] in err
+
+
+def test_a_damaged_map_that_validation_skips_is_caught_when_read(good: Path,
+                                                                  capsys: pytest.CaptureFixture[
+                                                                      str]) -> None:
+    """Quick validation reads only gaze; the loader and `mimic-data info` read everything."""
+    _corrupt_chunk(good, "fixations", chunk=3)
+    validate_dataset(good)
+    with pytest.raises(DatasetError, match="key 'fixations': the stored data cannot be read"):
+        read_dataset(good)
+    dm = HDF5DataModule(name="folder", path=str(good))
+    with pytest.raises(DatasetError, match="key 'fixations'"):
+        dm.setup()
+    with pytest.raises(SystemExit):
+        data_main(["info", str(good)])
+    assert "key 'fixations': the stored data cannot be read" in capsys.readouterr().err
+
+
+def test_memory_check_counts_every_array(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schema, "available_memory", lambda: 1000)
+    with pytest.raises(DatasetError, match=r"needs .* of memory but only .* is available"):
+        validate_dataset(good)
+    monkeypatch.setattr(schema, "available_memory", lambda: None)  # unknown: no check
+    assert validate_dataset(good).n == 12
+
+
+def test_available_memory_is_positive_or_unknown() -> None:
+    free = schema.available_memory()
+    assert free is None or free > 0
+
+
+def test_eight_pixels_are_enough(tmp_path: Path) -> None:
+    assert validate_dataset(write_dataset(tmp_path / "ok.h5", **_arrays(size=8))).height == 8
+
+
+def test_datamodule_refuses_bad_sizes(good: Path) -> None:
+    for kwargs, message in (({"batch_size": 0}, "data.batch_size=0"),
+                            ({"eval_batch_size": -1}, "data.eval_batch_size=-1"),
+                            ({"image_size": 0}, "data.image_size=0"),
+                            ({"image_size": 4}, "at least 8 px"),
+                            ({"num_workers": -2}, "data.num_workers=-2")):
+        with pytest.raises(UserError, match=message):
+            HDF5DataModule(name="folder", path=str(good), **kwargs)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    def enospc(path: Path, data: bytes) -> None:
+        with open(path, "wb") as fh:  # a partial file first, as a real full disk leaves
+            fh.write(data[: len(data) // 3])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(schema, "_write_bytes", enospc)
+    out = tmp_path / "cxr.h5"
+    with pytest.raises(SystemExit) as exc:
+        data_main(["synth-cxr", "--out", str(out), "--n", "30", "--size", "48"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {out}: cannot write the dataset (no space left on the device); "
+                   "nothing was written. Free some space or choose another output folder")
+    assert not out.exists() and _no_temp_files(tmp_path)
+    # The same for the generated-data cache of mimic-run.
+    with pytest.raises(UserError, match="no space left on the device"):
+        ensure_synth("synth_cxr", {"n": 30, "size": 48}, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.h5")) and _no_temp_files(tmp_path / "cache")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics are Linux's")
+def test_real_write_failure_does_not_crash_the_interpreter(tmp_path: Path) -> None:
+    """A file-size limit makes the kernel refuse writes (EFBIG) as a full disk would (ENOSPC):
+    HDF5 writing straight to disk used to end in a segmentation fault after the traceback."""
+    out = tmp_path / "cxr.h5"
+    limit = 200_000  # bytes: far less than the file
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    exe = Path(sys.executable).parent / "mimic-data"
+    proc = subprocess.run([str(exe), "synth-cxr", "--out", str(out), "--n", "60", "--size", "64"],
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert err.startswith(f"error: {out}: cannot write the dataset") and len(err.splitlines()) == 1
+    assert not out.exists() and _no_temp_files(tmp_path)
+
+
+def test_unwritable_outputs_are_refused_before_generating(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          ) -> None:
+    from mimic_runner.data import synth_cxr
+
+    @functools.wraps(synth_cxr.generate)  # keeps the signature the CLI reads its knobs from
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("generated although the output cannot be written")
+
+    monkeypatch.setattr(synth_cxr, "generate", never)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cases = [(blocker / "sub" / "x.h5", f"cannot create the output folder: {blocker} is a file"),
+             (tmp_path, "output is a directory")]
+    if os.geteuid() != 0:  # root writes anywhere, so a read-only folder only stops others
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        cases.append((ro / "x.h5", f"the folder {ro} is not writable"))
+    for out, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            data_main(["synth-cxr", "--out", str(out), "--n", "30"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_unwritable_cache_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=r"set paths\.cache_dir to a writable folder"):
+        ensure_synth("synth_cxr", {"n": 30, "size": 48}, blocker / "cache")
+
+
+def test_prepare_refuses_an_unwritable_output(tmp_path: Path) -> None:
+    from mimic_runner.data.prepare._common import check_output
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        check_output(blocker / "out.h5", overwrite=False)
+
+
+# -- the same through mimic-run (one process per case: a few seconds each) --------------------
+
+
+@pytest.mark.parametrize("case", ["directory", "absurd declared size"])
+def test_mimic_run_prints_one_line(good: Path, case: str, cli) -> None:  # type: ignore[no-untyped-def]
+    bad = BAD_FILES[case][0](good)
+    proc = cli("mimic-run", "data=folder", f"data.path={bad}", "trainer=smoke")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and BAD_FILES[case][1] in errors[0]
+    assert "Traceback" not in proc.stderr
