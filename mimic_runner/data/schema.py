@@ -435,7 +435,12 @@ def validate_dataset(
                    for k, cn in enumerate(class_names)}
             for i, name in enumerate(SPLITS)
         }
-        attrs = {k: attr(k) for k in f.attrs}
+        attrs: dict[str, object] = {}
+        for k in f.attrs:  # other attributes are informative only: never fatal
+            try:
+                attrs[k] = attr(k)
+            except DatasetError:
+                attrs[k] = "<unreadable>"
     return DatasetInfo(path=p, n=n, channels=c, height=h, width=w, class_names=class_names,
                        maps=maps, split_counts=split_counts, class_counts=class_counts, attrs=attrs)
 
@@ -458,7 +463,7 @@ def read_dataset(
         if split is not None:
             if split not in SPLITS:
                 raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-            mask = f["split"][()] == SPLITS.index(split)
+            mask = _read(f["split"], (), info.path, "split") == SPLITS.index(split)
             if not mask.any():
                 raise DatasetError(f"{info.path}: the '{split}' split is empty")
             sel = np.flatnonzero(mask)
