@@ -22,6 +22,7 @@ the memory available first, and data are read in bounded blocks.
 from __future__ import annotations
 
 import errno
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> Path:
     return out
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def _write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write a finished file image to ``path`` and flush it to disk."""
     with open(path, "wb") as fh:
         fh.write(data)
@@ -105,15 +106,18 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def _file_image(
     images: np.ndarray, labels: np.ndarray, split: np.ndarray, ids: Sequence[str] | np.ndarray,
     class_names: Sequence[str], maps: dict[str, np.ndarray | None], source: str, aligned: bool,
-    extra_attrs: dict[str, object] | None, name: str,
-) -> bytes:
+    extra_attrs: dict[str, object] | None,
+) -> memoryview:
     """The bytes of the HDF5 file holding these arrays, built in memory.
 
     Building the file in memory and writing it with plain file I/O keeps a full disk a clean
     ``OSError``: HDF5 writing straight to a full disk leaves unflushable objects behind that
     print errors at every later deallocation and crashed the interpreter at exit (segfault).
+    A ``BytesIO`` (not the core driver plus ``get_file_image``, which copies) holds the file
+    once: the arrays plus about the compressed file size in memory at the peak.
     """
-    with h5py.File(name, "w", driver="core", backing_store=False) as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         chunks = (1, *images.shape[1:])
         f.create_dataset("images", data=np.asarray(images, dtype=np.uint8), chunks=chunks)
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
@@ -131,8 +135,7 @@ def _file_image(
         f.attrs["aligned"] = bool(aligned)
         for k, v in (extra_attrs or {}).items():
             f.attrs[k] = v
-        f.flush()
-        return bytes(f.id.get_file_image())
+    return buffer.getbuffer()
 
 
 def write_dataset(
@@ -160,7 +163,7 @@ def write_dataset(
     final = check_output_file(path, overwrite)
     maps = {"gaze": gaze, "fixations": fixations, "confounder": confounder, "finding": finding}
     image = _file_image(images, labels, split, ids, class_names, maps, source, aligned,
-                        extra_attrs, name=f"{final.name}.{os.getpid()}.in-memory")
+                        extra_attrs)
     try:
         with atomic_path(final, overwrite=overwrite) as tmp:
             _write_bytes(tmp, image)
