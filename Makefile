@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 endif
 ARGS ?=
 
-.PHONY: install browser test test-fast test-all lint format smoke run table1 table2 report bench clean
+.PHONY: install browser slurm-deps test test-fast test-all test-slurm lint format smoke run table1 table2 report \
+	bench clean
 
 install:
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x $(VENV)/bin/python ]; then $(PYTHON) -m venv $(VENV); fi
@@ -20,12 +21,27 @@ install:
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
+# Debian's SLURM, munge and MariaDB for scripts/slurm_local.sh, the one-node cluster that the
+# launcher=slurm tests start (needs root; installs only what is missing).
+SLURM_PKGS := slurm-wlm munge slurmdbd mariadb-server
+slurm-deps:
+	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmdbd ] && [ -x /usr/sbin/munged ] && \
+	    [ -x /usr/sbin/mariadbd ]; then echo "SLURM packages present"; else \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq -o DPkg::Lock::Timeout=300 $(SLURM_PKGS) >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=300 $(SLURM_PKGS) \
+	    >/dev/null); fi
+
 # The whole suite: slow tests included, GPU tests skip without a GPU, browser tests skip without Chromium.
 test:
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+# launcher=slurm against a real one-node cluster (root and `make slurm-deps`; skips otherwise).
+test-slurm:
+	$(BIN)/python -m pytest -q tests/test_slurm_launcher.py $(ARGS)
 
 lint:
 	$(BIN)/ruff check mimic_runner tests scripts
