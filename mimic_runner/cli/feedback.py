@@ -4,9 +4,11 @@
     mimic-feedback add-roi RUN_DIR --image ID --shape rect --kind exclude --points 0.1,0.1 0.3,0.3
     mimic-feedback retrain RUN_DIR --epochs 2 --gamma 30
     mimic-feedback diff RUN_DIR
-    mimic-feedback accept RUN_DIR | rollback RUN_DIR | status RUN_DIR
+    mimic-feedback accept RUN_DIR | discard RUN_DIR | revert RUN_DIR --to 1 | status RUN_DIR
 
-The workspace (feedback store, version checkpoints) defaults to RUN_DIR/feedback.
+The workspace (feedback store, version checkpoints) defaults to RUN_DIR/feedback. A workspace
+belongs to the checkpoint it was started on: after the run is trained again, commands refuse it
+(add --fresh to set it aside and start a new one).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import ipaddress
 import json
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,10 +52,49 @@ def _points(values: list[str]) -> list[list[float]]:
     return pts
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one ``error:`` line (and exit 2), like every other refusal."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _session(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from mimic_runner.feedback.session import FeedbackSession
 
-    return FeedbackSession(args.run_dir, workspace=args.workspace, author=args.author)
+    session = FeedbackSession(args.run_dir, workspace=args.workspace, author=args.author,
+                              fresh=args.fresh)
+    if session.set_aside is not None:
+        Console(stderr=True).print(f"the run's checkpoint changed: the old workspace is now "
+                                   f"{session.set_aside}; started a new one")
+    return session
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one clear line (before any slow work)."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: use a port number from 1 to 65535 (0 picks a free one)")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise UserError(f"cannot listen on {host}:{port}: {reason}; choose another --port "
+                        "(or --host)") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _print_json(data: Any) -> None:
@@ -76,30 +118,36 @@ def _versions_table(status: dict[str, Any]) -> Table:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from mimic_runner.feedback.app import create_app
+    from mimic_runner.feedback.app import allowed_hosts_for, create_app
 
     token = args.token
     loopback = _is_loopback(args.host)
     if not loopback and token is None and not args.no_token:
         token = secrets.token_urlsafe(24)  # never serve the network without a token by default
-    session = _session(args)
-    allowed = None if not loopback else ["127.0.0.1", "localhost", "[::1]", "::1"]
-    app = create_app(session, token=token, allowed_hosts=allowed)
-    shown = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
-    url = f"http://{shown}:{args.port}/"
-    if token:
-        url += f"?token={token}"
-    console.print(f"mimic-feedback: serving {session.run_dir} (workspace {session.workspace})")
-    console.print(f"open [bold]{url}[/bold]   (API reference: /docs; Ctrl+C stops)")
-    if not loopback and not token:
-        console.print("[red]warning[/red]: serving the network without an access token")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    sock = _listen(args.host, args.port)  # a bad or busy port fails before the model loads
+    try:
+        port = sock.getsockname()[1]
+        session = _session(args)
+        app = create_app(session, token=token, allowed_hosts=allowed_hosts_for(args.host))
+        host = args.host.strip("[]")
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{port}/"
+        if token:
+            url += f"?token={token}"
+        console.print(f"mimic-feedback: serving {session.run_dir} (workspace "
+                      f"{session.workspace})")
+        console.print(f"open [bold]{url}[/bold]   (API reference: /docs; Ctrl+C stops)")
+        if not loopback and not token:
+            console.print("[red]warning[/red]: serving the network without an access token")
+        config = uvicorn.Config(app, host=host, port=port, log_level=args.log_level)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def cmd_add_roi(args: argparse.Namespace) -> None:
     if args.json:
-        data = json.loads(Path(args.json).read_text())
-        rois = data["rois"] if isinstance(data, dict) else data
+        rois = _read_rois(Path(args.json))
     else:
         if not (args.image and args.shape and args.kind and args.points):
             raise UserError("add-roi: give --image, --shape, --kind and --points, or --json FILE")
@@ -108,6 +156,30 @@ def cmd_add_roi(args: argparse.Namespace) -> None:
     created = _session(args).add_rois(rois)
     for r in created:
         console.print(f"added region {r['id']}: {r['shape']} {r['kind']} on {r['image_id']}")
+
+
+def _read_rois(path: Path) -> list[dict[str, Any]]:
+    """The regions of a JSON file (a list, or ``{"rois": [...]}``), or one clear line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--json {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"--json {path}: is a folder; give a JSON file of regions") from None
+    except PermissionError:
+        raise UserError(f"--json {path}: not readable (permission denied)") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--json {path}: not a UTF-8 text file") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--json {path}: not valid JSON (line {exc.lineno}, column "
+                        f"{exc.colno}: {exc.msg})") from None
+    except OSError as exc:
+        raise UserError(f"--json {path}: cannot be read ({exc.strerror or exc})") from None
+    rois = data.get("rois") if isinstance(data, dict) else data
+    if not isinstance(rois, list) or not rois or not all(isinstance(r, dict) for r in rois):
+        raise UserError(f"--json {path}: expected a non-empty list of regions (or "
+                        '{"rois": [...]}), each {"image_id", "shape", "kind", "points"}')
+    return rois
 
 
 def cmd_rois(args: argparse.Namespace) -> None:
@@ -185,6 +257,19 @@ def cmd_accept(args: argparse.Namespace) -> None:
     console.print(f"accepted: version {v['id']} is current (sha256 {v['sha256'][:12]}…)")
 
 
+def cmd_discard(args: argparse.Namespace) -> None:
+    r = _session(args).discard()
+    console.print(f"discarded candidate version {r['rolled_back']['id']}: version "
+                  f"{r['current']['id']} stays current")
+
+
+def cmd_revert(args: argparse.Namespace) -> None:
+    r = _session(args).revert(args.to)
+    undone = ", ".join(f"v{v}" for v in r["rolled_back"])
+    console.print(f"reverted to version {r['current']['id']} (sha256 "
+                  f"{r['current']['sha256'][:12]}…); rolled back: {undone}")
+
+
 def cmd_rollback(args: argparse.Namespace) -> None:
     r = _session(args).rollback()
     console.print(f"rolled back version {r['rolled_back']['id']}: version {r['current']['id']} "
@@ -204,8 +289,8 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimic-feedback", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="mimic-feedback", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
@@ -214,12 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workspace", default=None,
                        help="feedback workspace folder (default: RUN_DIR/feedback)")
         p.add_argument("--author", default="", help="who gives the feedback (audit log)")
+        p.add_argument("--fresh", action="store_true",
+                       help="if the run was trained again since the workspace was started, set "
+                       "the old workspace aside (renamed, kept) and start a new one")
         p.set_defaults(func=func)
         return p
 
     p = command("serve", cmd_serve, "serve the feedback web page and its JSON API")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0: any "
+                   "free port)")
     p.add_argument("--token", default=None, help="access token required by every request "
                    "(generated when --host is not a loopback address)")
     p.add_argument("--no-token", action="store_true",
@@ -271,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("accept", cmd_accept, "accept the candidate: it becomes the current version")
     p.add_argument("--version", type=int, default=None)
 
+    command("discard", cmd_discard, "discard the pending candidate (it stays in the history)")
+    p = command("revert", cmd_revert, "return to an earlier accepted version")
+    p.add_argument("--to", type=int, required=True, metavar="VERSION",
+                   help="the version to return to (status lists the versions)")
     command("rollback", cmd_rollback, "discard the candidate, or return to the previous "
             "accepted version")
 

@@ -3,16 +3,22 @@
 Safe by default: ``mimic-feedback serve`` binds 127.0.0.1; an optional access token is checked
 on every request (``Authorization: Bearer T``, or the cookie that ``/?token=T`` sets); bodies
 over ``max_body`` bytes are refused with 413 before they are parsed; state-changing requests
-from another origin are refused (403); image ids are looked up in the dataset (never used as
-paths); regions and parameters are validated by pydantic models and then by the session.
+from another origin are refused (403); every response forbids framing (``X-Frame-Options: DENY``,
+``Content-Security-Policy: frame-ancestors 'none'``) and loading anything from elsewhere (CSP);
+image ids are looked up in the dataset (never used as paths); numeric ids are bounded (a huge id
+is a 422, not a database overflow); regions and parameters are validated by pydantic models and
+then by the session; an unexpected error is a one-line JSON 500, its traceback in the log.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import io
+import ipaddress
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 from fastapi import Body, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -41,9 +48,53 @@ MAX_BODY = 1 << 20  # 1 MiB: far above any real region payload (100 polygons of 
 TOKEN_COOKIE = "mimic_feedback_token"
 STATIC = Path(str(resources.files("mimic_runner.feedback") / "static"))
 ImageId = Annotated[str, Field(min_length=1, max_length=256)]
+MAX_ID = 2**63 - 1  # SQLite's largest integer: larger ids are refused before any lookup
+VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+RoiId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="a region's id")]
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: Sent with every response: nothing may frame the page (clickjacking), and the page loads
+#: scripts, styles, images and data from this server only.
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+     b"connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+     b"form-action 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+log = logging.getLogger("mimic_runner.feedback")
+
+
+def allowed_hosts_for(bind_host: str) -> list[str] | None:
+    """Host header names to answer when bound to ``bind_host``: None (any) off loopback.
+
+    On a loopback address (any of 127.0.0.0/8, ::1, localhost) the bound address itself and the
+    usual loopback names are served, and nothing else (against DNS rebinding).
+    """
+    name = bind_host.strip("[]").lower()
+    try:
+        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return None
+    own = [name, f"[{name}]"] if ":" in name else [name]
+    return sorted({*LOOPBACK_NAMES, *own})
 
 
 # -- request and response models -------------------------------------------------------------
+def _points_inside(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    for i, (x, y) in enumerate(points):
+        for name, v in (("x", x), ("y", y)):
+            if not 0.0 <= v <= 1.0:  # also rejects NaN
+                raise ValueError(f"points[{i}]: {name}={v} is outside the image; "
+                                 "coordinates are image-normalised in [0, 1]")
+    return points
+
+
 class RoiIn(BaseModel):
     """One region of interest in image-normalised coordinates (x right, y down, in [0, 1])."""
 
@@ -58,13 +109,8 @@ class RoiIn(BaseModel):
 
     @field_validator("points")
     @classmethod
-    def _inside(cls, points: list[tuple[float, float]], info: Any) -> list[tuple[float, float]]:
-        for i, (x, y) in enumerate(points):
-            for name, v in (("x", x), ("y", y)):
-                if not 0.0 <= v <= 1.0:  # also rejects NaN
-                    raise ValueError(f"points[{i}]: {name}={v} is outside the image; "
-                                     "coordinates are image-normalised in [0, 1]")
-        return points
+    def _inside(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return _points_inside(points)
 
     def check(self) -> None:
         try:
@@ -96,12 +142,68 @@ class RetrainIn(BaseModel):
 
 class DecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int | None = Field(None, ge=1, description="accept: the candidate (default: the "
-                                "pending one)")
+    version: int | None = Field(None, ge=1, le=MAX_ID, description="accept: the candidate "
+                                "(default: the pending one)")
     author: str = Field("", max_length=100)
 
 
+class RevertIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, le=MAX_ID, description="an earlier accepted version (an "
+                         "ancestor of the current one; GET /api/status lists them as "
+                         "revert_targets)")
+    author: str = Field("", max_length=100)
+
+
+class RoiPatch(BaseModel):
+    """A change to a stored region: new points (move, resize), kind or weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    points: list[tuple[float, float]] | None = Field(
+        None, min_length=2, max_length=MAX_POLYGON_POINTS)
+    kind: Literal["include", "exclude"] | None = None
+    weight: float | None = Field(None, gt=0, le=100)
+    author: str = Field("", max_length=100)
+
+    @field_validator("points")
+    @classmethod
+    def _inside(cls, points: list[tuple[float, float]] | None
+                ) -> list[tuple[float, float]] | None:
+        return None if points is None else _points_inside(points)
+
+
 # -- middleware (plain ASGI, so it sees every request before routing) ---------------------------
+class SecurityHeaders:
+    """Outermost layer: security headers on every response (errors, static files and /docs
+    included), and a one-line JSON 500 instead of a bare error page for an unexpected error."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_secured(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_secured)
+        except Exception as exc:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # too late for an error response: the connection is closed
+            await _send_json(send_secured, 500, f"internal error ({type(exc).__name__}); the "
+                             "server's log has the details")
+
+
 async def _send_json(send: Any, status: int, detail: str, headers: list | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
@@ -205,15 +307,18 @@ class Guard:
 
 
 # -- app -----------------------------------------------------------------------------------------
-def _png(array: np.ndarray) -> bytes:
-    """uint8 (C, H, W) with C in {1, 3}, or (H, W), as PNG bytes."""
+def _png(array: np.ndarray, size: int | None = None) -> bytes:
+    """uint8 (C, H, W) with C in {1, 3}, or (H, W), as PNG bytes (``size``: longest side)."""
     from PIL import Image
 
     a = np.asarray(array)
     if a.ndim == 3:
         a = a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+    image = Image.fromarray(np.ascontiguousarray(a))
+    if size is not None and max(image.size) > size:
+        image.thumbnail((size, size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -227,7 +332,7 @@ def create_app(session: FeedbackSession, token: str | None = None,
     app = FastAPI(
         title="mimic-feedback",
         description="Human feedback on the attention of an attention-branch model: browse "
-        "images, draw regions of interest, retrain, compare, accept or roll back. This "
+        "images, draw regions of interest, retrain, compare, accept, discard or revert. This "
         "reference is served offline at /docs (from /openapi.json).",
         version="1", docs_url=None, redoc_url=None)
     app.state.session = session
@@ -271,7 +376,7 @@ def create_app(session: FeedbackSession, token: str | None = None,
 
     @app.get("/api/images", summary="List the images of a split (paged)")
     def images(split: Literal["train", "val", "test"] = "train",
-               offset: Annotated[int, Query(ge=0)] = 0,
+               offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
                limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
         return session.images(split, offset, limit)
 
@@ -280,18 +385,27 @@ def create_app(session: FeedbackSession, token: str | None = None,
     def image_png(image_id: str) -> Response:
         return Response(_png(session.image_uint8(image_id)), media_type="image/png")
 
+    @functools.lru_cache(maxsize=1024)
+    def _thumb(image_id: str, size: int) -> bytes:
+        return _png(session.image_uint8(image_id), size)
+
+    @app.get("/api/images/{image_id:path}/thumb.png", response_class=Response,
+             summary="A small copy of the image (longest side at most `size` pixels)")
+    def thumb_png(image_id: str, size: Annotated[int, Query(ge=8, le=256)] = 48) -> Response:
+        session.ref(image_id)  # 404 before the cache sees an unknown id
+        return Response(_thumb(image_id, size), media_type="image/png",
+                        headers={"cache-control": "private, max-age=3600"})
+
     @app.get("/api/images/{image_id:path}/attention.png", response_class=Response,
              summary="The attention map M(x) of a version as a grey PNG (value/255 = M)")
-    def attention_png(image_id: str, version: Annotated[int | None, Query(ge=1)] = None
-                      ) -> Response:
+    def attention_png(image_id: str, version: VersionQuery = None) -> Response:
         m = session.attention(image_id, version)
         png = _png(np.clip(np.rint(m * 255), 0, 255).astype(np.uint8))
         return Response(png, media_type="image/png")
 
     @app.get("/api/images/{image_id:path}/attention",
              summary="The attention map M(x) of a version as float32 values (base64)")
-    def attention_values(image_id: str, version: Annotated[int | None, Query(ge=1)] = None
-                         ) -> dict[str, Any]:
+    def attention_values(image_id: str, version: VersionQuery = None) -> dict[str, Any]:
         _, maps, vid = session.predict([image_id], version)
         m = maps[0].float().numpy().astype("<f4")
         return {"image_id": image_id, "version": vid, "height": int(m.shape[0]),
@@ -300,8 +414,7 @@ def create_app(session: FeedbackSession, token: str | None = None,
                 "min": float(m.min()), "max": float(m.max())}
 
     @app.get("/api/images/{image_id:path}/prediction", summary="Class and probabilities")
-    def prediction(image_id: str, version: Annotated[int | None, Query(ge=1)] = None
-                   ) -> dict[str, Any]:
+    def prediction(image_id: str, version: VersionQuery = None) -> dict[str, Any]:
         return session.prediction(image_id, version)
 
     # -- regions -------------------------------------------------------------------------------
@@ -318,8 +431,14 @@ def create_app(session: FeedbackSession, token: str | None = None,
             roi.check()
         return session.add_rois([r.model_dump() for r in payload.rois], author=payload.author)
 
+    @app.patch("/api/rois/{roi_id}", summary="Move, resize or switch the kind of a region")
+    def update_roi(roi_id: RoiId, payload: RoiPatch) -> dict[str, Any]:
+        changes = payload.model_dump(exclude_none=True)
+        author = changes.pop("author", "")
+        return session.update_roi(roi_id, changes, author=author)
+
     @app.delete("/api/rois/{roi_id}", summary="Delete a region of interest")
-    def delete_roi(roi_id: int) -> dict[str, Any]:
+    def delete_roi(roi_id: RoiId) -> dict[str, Any]:
         return session.store.delete_roi(roi_id)
 
     # -- retraining and decisions --------------------------------------------------------------
@@ -334,10 +453,9 @@ def create_app(session: FeedbackSession, token: str | None = None,
     def retrain_status() -> dict[str, Any]:
         return runner.status()
 
-    @app.get("/api/diff", summary="Differences between two versions (default: current vs "
+    @app.get("/api/diff", summary="Differences between any two versions (default: current vs "
              "pending candidate)")
-    def diff(before: Annotated[int | None, Query(ge=1)] = None,
-             after: Annotated[int | None, Query(ge=1)] = None,
+    def diff(before: VersionQuery = None, after: VersionQuery = None,
              heldout: Literal["val", "test"] = "val") -> dict[str, Any]:
         b = int(session.store.current()["id"]) if before is None else before
         if after is None:
@@ -348,39 +466,61 @@ def create_app(session: FeedbackSession, token: str | None = None,
             after = int(cand["id"])
         session.store.version(b)
         session.store.version(after)
-        # Versions are immutable, the regions are not: they are part of the key.
-        key = (b, after, heldout, tuple(r["id"] for r in session.store.rois()))
+        # Versions are immutable, the regions are not: their content is part of the key.
+        key = (b, after, heldout, tuple((r["id"], r["kind"], json.dumps(r["points"]),
+                                          r["weight"]) for r in session.store.rois()))
         if key not in diff_cache:
+            if len(diff_cache) > 64:
+                diff_cache.clear()
             diff_cache[key] = compare_versions(session, b, after, heldout)
         return diff_cache[key]
 
-    def _idle() -> None:
+    def _idle(what: str) -> None:
         if runner.status()["state"] == "running":
-            raise FeedbackConflict("a retraining is running; wait for it to finish before "
-                                   "accepting or rolling back")
+            raise FeedbackConflict(f"a retraining is running; wait for it to finish before "
+                                   f"{what}")
 
     @app.post("/api/accept", summary="Accept the candidate: it becomes the current version")
     def accept(payload: Annotated[DecisionIn | None, Body()] = None) -> dict[str, Any]:
-        _idle()
+        _idle("accepting or rolling back")
         p = payload or DecisionIn()
         version = session.accept(p.version, author=p.author)
         return {"current": version, "status": session.status()}
 
-    @app.post("/api/rollback", summary="Discard the candidate, or return to the previous "
-              "accepted version")
-    def rollback(payload: Annotated[DecisionIn | None, Body()] = None) -> dict[str, Any]:
-        _idle()
+    @app.post("/api/discard", summary="Discard the pending candidate (kept in the history)")
+    def discard(payload: Annotated[DecisionIn | None, Body()] = None) -> dict[str, Any]:
+        _idle("discarding the candidate")
         p = payload or DecisionIn()
         if p.version is not None:
-            raise FeedbackInvalid("rollback takes no version: it undoes the latest step")
+            raise FeedbackInvalid("discard takes no version: it discards the pending candidate")
+        result = session.discard(author=p.author)
+        return {**result, "status": session.status()}
+
+    @app.post("/api/revert", summary="Return to an earlier accepted version (chosen from the "
+              "history)")
+    def revert(payload: RevertIn) -> dict[str, Any]:
+        _idle("reverting")
+        result = session.revert(payload.version, author=payload.author)
+        return {**result, "status": session.status()}
+
+    @app.post("/api/rollback", summary="Discard the candidate, or return to the previous "
+              "accepted version (one step back)")
+    def rollback(payload: Annotated[DecisionIn | None, Body()] = None) -> dict[str, Any]:
+        _idle("accepting or rolling back")
+        p = payload or DecisionIn()
+        if p.version is not None:
+            raise FeedbackInvalid("rollback takes no version: it undoes the latest step "
+                                  "(POST /api/revert returns to a chosen version)")
         result = session.rollback(author=p.author)
         return {**result, "status": session.status()}
 
-    @app.get("/api/versions", summary="Version history")
+    @app.get("/api/versions", summary="Version history: every version (rolled back ones too) "
+             "with its status, parameters and measures")
     def versions() -> list[dict[str, Any]]:
         return session.store.versions()
 
-    @app.get("/api/status", summary="Current and candidate version, weights hash, retraining")
+    @app.get("/api/status", summary="Current and candidate version, revert targets, weights "
+             "hash, retraining")
     def status() -> dict[str, Any]:
         return {**session.status(), "retrain": runner.status()}
 
@@ -388,7 +528,9 @@ def create_app(session: FeedbackSession, token: str | None = None,
     def events(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         return session.store.events(limit)
 
-    # Added last = outermost: the guard runs first, then the body limit, then routing.
+    # Added last = outermost: security headers wrap everything, then the guard, then the body
+    # limit, then routing.
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)
+    app.add_middleware(SecurityHeaders)
     return app

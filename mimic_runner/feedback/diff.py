@@ -9,18 +9,40 @@ attention share on the confounder and the mean absolute change of the attention 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from mimic_runner.feedback.roi import mass_share, roi_masks
+from mimic_runner.feedback.roi import ROI, mass_share, roi_masks
 from mimic_runner.training.attention import AttentionBranchModule
 
-if TYPE_CHECKING:
-    from mimic_runner.feedback.session import FeedbackSession
-
 MAX_LISTED = 200  # per-image rows returned for the feedback images / changed predictions
+#: Figures over fewer images than this are marked ``"meaningful": false`` (the page says so).
+MIN_MEANINGFUL = 10
+
+
+class FeedbackSession(Protocol):
+    """What this module needs of a :class:`~mimic_runner.feedback.session.FeedbackSession`.
+
+    A protocol rather than an import, so that ``session`` may import this module (it evaluates
+    version 1 when a workspace is created) without an import cycle.
+    """
+
+    dm: Any
+    class_names: list[str]
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    def rois_by_image(self) -> dict[str, list[ROI]]: ...
+
+    def batch(self, image_ids: list[str]) -> dict[str, Tensor]: ...
+
+    def model(self, version_id: int | None = None) -> AttentionBranchModule: ...
 
 
 def nanmean(x: Tensor) -> float | None:
@@ -116,7 +138,8 @@ def evaluate_version(session: FeedbackSession, module: AttentionBranchModule,
     held = heldout_summary(session, {"m": module}, split)["m"]
     metrics: dict[str, Any] = {"heldout_split": split,
                                f"{split}/acc": float((held["pred"] == held["label"]).float()
-                                                     .mean())}
+                                                     .mean()),
+                               f"{split}/n_images": len(held["pred"])}
     if "confounder_share" in held:
         metrics[f"{split}/confounder_share"] = nanmean(held["confounder_share"])
         metrics[f"{split}/confounder_attention"] = nanmean(held["confounder_attention"])
@@ -125,6 +148,7 @@ def evaluate_version(session: FeedbackSession, module: AttentionBranchModule,
         fb = feedback_summary(session, {"m": module}, ids)["m"]
         metrics["feedback/include_share"] = nanmean(fb["include_share"])
         metrics["feedback/exclude_share"] = nanmean(fb["exclude_share"])
+        metrics["feedback/n_images"] = len(ids)
     return metrics
 
 
@@ -134,7 +158,7 @@ def compare_versions(session: FeedbackSession, before: int, after: int,
     modules = {"before": session.model(before), "after": session.model(after)}
     result: dict[str, Any] = {"before_version": before, "after_version": after}
     ids = sorted(session.rois_by_image())
-    fb_block: dict[str, Any] = {"n_images": len(ids)}
+    fb_block: dict[str, Any] = {"n_images": len(ids), "meaningful": len(ids) >= MIN_MEANINGFUL}
     if ids:
         fb = feedback_summary(session, modules, ids)
         b, a = fb["before"], fb["after"]
@@ -165,6 +189,7 @@ def compare_versions(session: FeedbackSession, before: int, after: int,
     split_ids = session.dm.ids[heldout]
     hb: dict[str, Any] = {
         "split": heldout, "n_images": len(b["pred"]),
+        "meaningful": len(b["pred"]) >= MIN_MEANINGFUL,
         "accuracy": _ba(float((b["pred"] == b["label"]).float().mean()),
                         float((a["pred"] == a["label"]).float().mean())),
         "prediction_changes": len(changed),
@@ -181,6 +206,7 @@ def compare_versions(session: FeedbackSession, before: int, after: int,
     hb["attention_mean"] = _ba(nanmean(b["attention_mean"]), nanmean(a["attention_mean"]))
     result["heldout"] = hb
     result["class_names"] = session.class_names
+    result["min_meaningful_images"] = MIN_MEANINGFUL
     return result
 
 

@@ -8,9 +8,11 @@ the journal is in WAL mode so that readers never block the writer.
 
 Versions: version 1 is the run's trained checkpoint, copied into the workspace and accepted.
 Retraining adds a ``candidate`` whose parent is the current version; ``accept`` makes it
-current; ``rollback`` discards a pending candidate, or else marks the current version
-``rolled_back`` and makes its nearest accepted ancestor current again. Checkpoint files are
-never rewritten; their sha256 is recorded when they are added.
+current; ``discard`` marks a pending candidate ``rolled_back``; ``revert`` returns to a chosen
+earlier accepted version (ancestor of the current one); ``rollback`` (the CLI's one-step undo)
+discards a pending candidate, or else marks the current version ``rolled_back`` and makes its
+nearest accepted ancestor current again. No version is ever deleted: rolled-back ones stay
+viewable. Checkpoint files are never rewritten; their sha256 is recorded when they are added.
 """
 
 from __future__ import annotations
@@ -230,6 +232,35 @@ class FeedbackStore:
             self._event(conn, author, "delete_roi", {"id": roi_id, "image_id": row["image_id"]})
             return _roi_row(row)
 
+    def update_roi(self, roi_id: int, changes: dict[str, Any], author: str = ""
+                   ) -> dict[str, Any]:
+        """Change a region's ``points``, ``kind`` and/or ``weight`` (its shape and image stay).
+
+        Returns the updated row; the audit log keeps the previous values.
+        """
+        allowed = {"points", "kind", "weight"}
+        if not changes or set(changes) - allowed:
+            raise FeedbackInvalid(f"a region update changes {', '.join(sorted(allowed))}; got "
+                                  f"{', '.join(sorted(changes)) or 'nothing'}")
+        with self.write() as conn:
+            row = conn.execute("SELECT * FROM rois WHERE id=?", (roi_id,)).fetchone()
+            if row is None:
+                raise FeedbackNotFound(f"region {roi_id} does not exist (GET /api/rois lists "
+                                       "them)")
+            old = _roi_row(row)
+            new = {**old, **changes}
+            try:
+                validate_roi(new["shape"], new["kind"], new["points"], new["weight"])
+            except (ValueError, TypeError) as exc:
+                raise FeedbackInvalid(f"region {roi_id}: {exc}") from None
+            conn.execute("UPDATE rois SET points=?, kind=?, weight=? WHERE id=?",
+                         (json.dumps([[float(x), float(y)] for x, y in new["points"]]),
+                          new["kind"], float(new["weight"]), roi_id))
+            self._event(conn, author, "update_roi", {
+                "id": roi_id, "image_id": old["image_id"],
+                "before": {k: old[k] for k in changes}, "after": dict(changes)})
+            return _roi_row(conn.execute("SELECT * FROM rois WHERE id=?", (roi_id,)).fetchone())
+
     def rois(self, image_id: str | None = None) -> list[dict[str, Any]]:
         with self.read() as conn:
             if image_id is None:
@@ -413,6 +444,84 @@ class FeedbackStore:
             self._event(conn, author, "rollback", {"rolled_back": undone, "current": current})
             return {"rolled_back": self.version_in(conn, undone),
                     "current": self.version_in(conn, int(current))}  # type: ignore[arg-type]
+
+
+    def discard(self, author: str = "") -> dict[str, Any]:
+        """Discard the pending candidate (it stays in the history as ``rolled_back``).
+
+        Returns ``{"rolled_back": <version>, "current": <version>}``; 409 without a candidate.
+        """
+        with self.write() as conn:
+            cand = conn.execute("SELECT id FROM versions WHERE status='candidate' "
+                                "ORDER BY id DESC LIMIT 1").fetchone()
+            if cand is None:
+                raise FeedbackConflict("there is no candidate to discard")
+            undone = int(cand[0])
+            current = int(self._current_id(conn) or 1)
+            conn.execute("UPDATE versions SET status='rolled_back' WHERE id=?", (undone,))
+            self._event(conn, author, "discard", {"rolled_back": undone, "current": current})
+            return {"rolled_back": self.version_in(conn, undone),
+                    "current": self.version_in(conn, current)}
+
+    @staticmethod
+    def _revert_targets(conn: sqlite3.Connection) -> list[int]:
+        """The accepted ancestors of the current version, nearest first."""
+        current = FeedbackStore._current_id(conn)
+        row = conn.execute("SELECT parent FROM versions WHERE id=?", (current,)).fetchone()
+        parent = row["parent"] if row else None
+        found: list[int] = []
+        while parent is not None:
+            p = conn.execute("SELECT id, parent, status FROM versions WHERE id=?",
+                             (parent,)).fetchone()
+            if p is None:
+                break
+            if p["status"] == "accepted":
+                found.append(int(p["id"]))
+            parent = p["parent"]
+        return found
+
+    def revert_targets(self) -> list[int]:
+        """Versions :meth:`revert` accepts: the accepted ancestors of the current version."""
+        with self.read() as conn:
+            return self._revert_targets(conn)
+
+    def revert(self, version_id: int, author: str = "") -> dict[str, Any]:
+        """Make an earlier accepted version (an ancestor of the current one) current again.
+
+        The versions after it on the current line, and a pending candidate, become
+        ``rolled_back`` (kept, viewable, never deleted). Returns ``{"rolled_back": [ids],
+        "current": <version>}``.
+        """
+        with self.write() as conn:
+            row = conn.execute("SELECT id, status FROM versions WHERE id=?",
+                               (version_id,)).fetchone()
+            if row is None:
+                raise FeedbackNotFound(f"version {version_id} does not exist")
+            current = int(self._current_id(conn) or 1)
+            if version_id == current:
+                raise FeedbackConflict(f"version {version_id} is already the version in use")
+            targets = self._revert_targets(conn)
+            if version_id not in targets:
+                raise FeedbackConflict(
+                    f"version {version_id} ({row['status'].replace('_', ' ')}) is not an "
+                    f"earlier accepted version of version {current}; revert to one of "
+                    f"{', '.join(map(str, targets)) or 'none (nothing to revert to)'}")
+            undone: list[int] = []
+            vid: int | None = current
+            while vid is not None and vid != version_id:
+                undone.append(vid)
+                vid = conn.execute("SELECT parent FROM versions WHERE id=?",
+                                   (vid,)).fetchone()["parent"]
+            undone += [int(r[0]) for r in conn.execute(
+                "SELECT id FROM versions WHERE status='candidate'")]
+            marks = ",".join("?" * len(undone))
+            conn.execute(f"UPDATE versions SET status='rolled_back' WHERE id IN ({marks})",
+                         undone)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)",
+                         (str(version_id),))
+            self._event(conn, author, "revert", {"current": version_id, "previous": current,
+                                                 "rolled_back": sorted(undone)})
+            return {"rolled_back": sorted(undone), "current": self.version_in(conn, version_id)}
 
 
 def publish_new(tmp: Path, dest: Path) -> None:

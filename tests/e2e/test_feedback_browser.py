@@ -1,16 +1,17 @@
 """The feedback page in a real headless Chromium (Debian's, driven by Playwright; never downloaded).
 
-Starts `mimic-feedback`'s app on a free 127.0.0.1 port for a tiny trained attention_branch run,
-then, as a user would: show a prediction, zoom and probe, draw an include and an exclude region
-(and a polygon, selected and deleted), switch to the overlay, retrain, show the differences,
-accept, roll back — checking the page and the API at each step. Screenshots go to
-``test-artifacts/feedback/``.
+One tiny trained attention_branch run and one `mimic-feedback` server (on a free 127.0.0.1 port)
+for the whole module; each test opens fresh pages in one browser, as a radiologist would: the
+layout at 800x900, 1280x720 and 1440x900 (no sideways scrolling, decision buttons on screen),
+form validation, refused drawings, editing and keyboard, one timed full session (load, draw,
+retrain, compare, accept, revert) and a reload during a retraining. Screenshots and the
+session's timings go to ``test-artifacts/feedback/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import socket
 import threading
 import time
@@ -32,7 +33,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "feedback"
 TOKEN = "e2e-token"
-CANVAS = 384  # CSS pixels of the page's canvases
+SIZES = [(800, 900), (1280, 720), (1440, 900)]
+DECISIONS = ["#retrain", "#show-diff", "#accept", "#rollback", "#revert"]
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +52,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server(trained_run: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module")
+def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[dict[str, Any]]:
     import uvicorn
 
-    from mimic_runner.feedback.app import create_app
+    from mimic_runner.feedback.app import allowed_hosts_for, create_app
     from mimic_runner.feedback.session import FeedbackSession
 
-    session = FeedbackSession(trained_run, workspace=tmp_path / "ws", author="e2e")
-    app = create_app(session, token=TOKEN, allowed_hosts=["127.0.0.1", "localhost"])
+    ws = tmp_path_factory.mktemp("e2e-ws") / "ws"
+    session = FeedbackSession(trained_run, workspace=ws, author="e2e")
+    app = create_app(session, token=TOKEN, allowed_hosts=allowed_hosts_for("127.0.0.1"))
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -71,171 +75,573 @@ def server(trained_run: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
                        timeout=120)
     try:
-        yield {"url": base, "session": session, "api": api}
+        yield {"url": base, "session": session, "api": api, "app": app}
     finally:
         api.close()
         srv.should_exit = True
         thread.join(30)
 
 
-def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def _canvas_point(page: Any, selector: str, cx: float, cy: float) -> tuple[float, float]:
-    box = page.locator(selector).bounding_box()
-    return box["x"] + cx * box["width"] / CANVAS, box["y"] + cy * box["height"] / CANVAS
-
-
-def _drag(page: Any, selector: str, start: tuple[float, float], end: tuple[float, float]
-          ) -> None:
-    x0, y0 = _canvas_point(page, selector, *start)
-    x1, y1 = _canvas_point(page, selector, *end)
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
-    page.mouse.move(x1, y1, steps=4)
-    page.mouse.up()
-
-
-def test_feedback_page_end_to_end(server: dict[str, Any]) -> None:
-    api, session = server["api"], server["session"]
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        # Without the token the page is refused (a separate page: its console error is expected).
-        refused = browser.new_page()
-        assert refused.goto(server["url"] + "/").status == 401
-        refused.close()
-        page = browser.new_page(viewport={"width": 1480, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("dialog", lambda d: d.accept())
-        external: list[str] = []
-        page.on("request", lambda r: external.append(r.url)
-                if not r.url.startswith(server["url"]) else None)
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            # /?token= sets the cookie and redirects to the page.
-            page.goto(f"{server['url']}/?token={TOKEN}")
-            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            first = page.locator("#image-list button").first
-            image_id = first.get_attribute("data-id")
-            assert image_id and image_id in session.index
-            assert page.locator("#version-badge").inner_text().startswith("current v1")
-            _shot(page, "01-loaded")
-
-            # Show prediction: the page agrees with the API.
-            page.click("#show-prediction")
-            page.wait_for_selector("#predicted-class")
-            pred = api.get(f"/api/images/{image_id}/prediction").json()
-            text = page.locator("#predicted-class").inner_text()
-            assert f"Predicted: {pred['predicted_name']}" in text
-            assert f"label: {pred['label_name']}" in text
-
-            # Zoom (buttons and wheel) and probe: values under the cursor match the data.
-            page.click("#zoom-in")
-            page.click("#zoom-in")
-            assert page.locator("#zoom-level").inner_text() == "156%"
-            x, y = _canvas_point(page, "#image-canvas", 200, 170)
-            page.mouse.move(x, y)
-            page.mouse.wheel(0, -120)
-            assert page.locator("#zoom-level").inner_text() == "195%"
-            page.mouse.move(x + 1, y + 1)
-            probe = page.locator("#probe").inner_text()
-            m = re.match(r"x (\d+), y (\d+) · pixel (\d+) · attention ([\d.]+)", probe)
-            assert m, probe
-            px, py, value, att = int(m[1]), int(m[2]), int(m[3]), float(m[4])
-            assert value == int(session.image_uint8(image_id)[0, py, px])
-            assert abs(att - session.attention(image_id)[py, px]) <= 5e-4  # shown to 3 places
-            _shot(page, "02-zoom-probe")
-            page.click("#zoom-reset")
-
-            # Draw: an include rectangle and an exclude ellipse (mouse drags on the canvas).
-            page.click(".tool[data-tool='rect']")
-            page.check("input[name='kind'][value='include']")
-            _drag(page, "#image-canvas", (96, 120), (288, 300))
-            page.wait_for_selector("#roi-list li:nth-child(1)")
-            page.click(".tool[data-tool='ellipse']")
-            page.check("input[name='kind'][value='exclude']")
-            _drag(page, "#attention-canvas", (10, 10), (80, 70))  # either canvas works
-            page.wait_for_selector("#roi-list li:nth-child(2)")
-            rois = api.get("/api/rois", params={"image_id": image_id}).json()
-            assert [(r["shape"], r["kind"]) for r in rois] == [("rect", "include"),
-                                                               ("ellipse", "exclude")]
-            (x0, y0), (x1, y1) = rois[0]["points"]
-            assert abs(x0 - 96 / CANVAS) < 0.01 and abs(y0 - 120 / CANVAS) < 0.01
-            assert abs(x1 - 288 / CANVAS) < 0.01 and abs(y1 - 300 / CANVAS) < 0.01
-            # A polygon (clicks, double-click closes), selected and deleted again.
-            page.click(".tool[data-tool='polygon']")
-            for cx, cy in ((300, 40), (360, 60), (330, 120)):
-                page.mouse.click(*_canvas_point(page, "#image-canvas", cx, cy))
-            page.mouse.dblclick(*_canvas_point(page, "#image-canvas", 330, 120))
-            page.wait_for_selector("#roi-list li:nth-child(3)")
-            assert api.get("/api/rois").json()[-1]["shape"] == "polygon"
-            page.click(".tool[data-tool='select']")
-            page.mouse.click(*_canvas_point(page, "#image-canvas", 330, 75))
-            page.wait_for_selector("#roi-list li.selected")
-            page.click("#delete-roi")
-            page.wait_for_function("document.querySelectorAll('#roi-list li').length === 2")
-            assert len(api.get("/api/rois").json()) == 2
-            _shot(page, "03-rois")
-
-            page.check("input[name='view'][value='overlay']")
-            page.locator("#opacity").fill("0.7")
-            page.check("#stretch")
-            assert "(stretched)" in page.locator("#attention-range").inner_text()
-            assert not page.locator("#attention-canvas").is_visible()
-            _shot(page, "04-overlay")
-            page.check("input[name='view'][value='side']")
-
-            # Retrain (tiny) with progress polling; a candidate appears.
-            page.fill("#retrain-form input[name='epochs']", "1")
-            page.fill("#retrain-form input[name='max_batches']", "2")
-            page.click("#retrain")
-            page.wait_for_selector("#retrain-message[data-state='done']", timeout=300_000)
-            assert page.locator("#retrain-progress").evaluate("e => e.value") == 1
-            page.wait_for_function(
-                "document.querySelector('#version-badge').textContent.includes('candidate v2')")
-            status = api.get("/api/status").json()
-            assert status["candidate"]["id"] == 2 and status["current"]["id"] == 1
-            _shot(page, "05-retrained")
-
-            # Differences: the table shows what the API computes.
-            page.click("#show-diff")
-            page.wait_for_selector("#diff:not([hidden]) #diff-summary tr:nth-child(3)")
-            diff = api.get("/api/diff", params={"heldout": "val"}).json()
-            summary = page.locator("#diff-summary").inner_text()
-            assert "v1" in summary and "v2" in summary
-            acc = diff["heldout"]["accuracy"]
-            assert f"{acc['before']:.3f}" in summary and f"{acc['after']:.3f}" in summary
-            _shot(page, "06-diff")
-
-            # Accept, then roll back to byte-identical weights.
-            weights_v1 = status["weights_sha256"]
-            page.click("#accept")
-            page.wait_for_function(
-                "document.querySelector('#version-badge').dataset.current === '2'")
-            # The handler reloads the attention map before it reports; wait for the report, or
-            # the next click would race it (seen on a loaded CI machine).
-            page.wait_for_function(
-                "document.querySelector('#status').innerText.includes('accepted: version 2')")
-            assert api.get("/api/status").json()["current"]["id"] == 2
-            _shot(page, "07-accepted")
-            page.click("#rollback")
-            page.wait_for_function(
-                "document.querySelector('#version-badge').dataset.current === '1'")
-            back = api.get("/api/status").json()
-            assert back["current"]["id"] == 1 and back["weights_sha256"] == weights_v1
-            assert page.locator("#versions tr[data-version='2']").get_attribute(
-                "data-status") == "rolled_back"
-            page.wait_for_function(
-                "document.querySelector('#status').innerText.includes('rolled back version 2')")
-            assert page.locator("#diff").is_hidden()  # stale differences are not left on show
-            _shot(page, "08-rolled-back")
+            yield b
         finally:
-            if errors or external:
-                _shot(page, "99-failure")
-            browser.close()
-    assert not errors, errors
-    assert not external, external  # everything was served locally
+            b.close()
+
+
+class Page:
+    """A fresh browser context at a viewport size, logged in, with its errors collected."""
+
+    def __init__(self, browser: Any, server: dict[str, Any], width: int = 1280,
+                 height: int = 720, fresh_view: bool = True) -> None:
+        self.server = server
+        self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.external: list[str] = []
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        p = self.page
+        p.on("pageerror", lambda e: self.errors.append(str(e)))
+        p.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        p.on("request", self._request)
+        p.on("dialog", self._dialog)
+        self.open(fresh_view)
+
+    def _request(self, r: Any) -> None:
+        if not r.url.startswith(self.server["url"]):
+            self.external.append(r.url)
+        self.requests.append(f"{r.method} {r.url.removeprefix(self.server['url'])}")
+
+    def _dialog(self, d: Any) -> None:
+        self.dialogs.append(d.message)
+        d.accept()
+
+    def open(self, fresh_view: bool = True) -> float:
+        t0 = time.perf_counter()
+        self.page.goto(f"{self.server['url']}/?token={TOKEN}")
+        if fresh_view:
+            self.page.evaluate("localStorage.clear()")
+            self.page.reload()
+        self.page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        return time.perf_counter() - t0
+
+    def shot(self, name: str, full_page: bool = False) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+
+    def client(self, sel: str, x: float, y: float) -> tuple[float, float]:
+        """Client pixels of the normalised image point (x, y) on a canvas."""
+        cx, cy = self.page.evaluate("([s, x, y]) => window.mimicFeedback.imageToClient(s, x, y)",
+                                    [sel, x, y])
+        return float(cx), float(cy)
+
+    def drag(self, sel: str, start: tuple[float, float], end: tuple[float, float]) -> None:
+        x0, y0 = self.client(sel, *start)
+        x1, y1 = self.client(sel, *end)
+        m = self.page.mouse
+        m.move(x0, y0)
+        m.down()
+        m.move((x0 + x1) / 2, (y0 + y1) / 2, steps=3)
+        m.move(x1, y1, steps=3)
+        m.up()
+
+    def state(self, expr: str) -> Any:
+        return self.page.evaluate(f"() => window.mimicFeedback.state.{expr}")
+
+    def n_rois(self, n: int) -> None:
+        self.page.wait_for_function(
+            "n => document.querySelectorAll('#roi-list li').length === n", arg=n)
+
+    def pixels(self, sel: str) -> str:
+        return str(self.page.evaluate(f"document.querySelector('{sel}').toDataURL()"))
+
+    def until(self, expr: str, timeout: float = 30_000) -> None:
+        """Wait until a JS expression is true. An arrow function, never a bare string: the
+        page's CSP forbids eval, which Playwright uses to compile string predicates."""
+        self.page.wait_for_function(f"() => ({expr})", timeout=timeout)
+
+    def settle(self) -> None:  # two animation frames: the canvases are painted
+        self.page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
+                           "requestAnimationFrame(r)))")
+
+    def close(self) -> None:
+        if self.errors or self.external:
+            self.shot("99-failure")
+        self.context.close()
+        assert not self.errors, self.errors
+        assert not self.external, self.external  # everything is served by this server
+
+
+def _in_viewport(page: Any, sel: str) -> bool:
+    return bool(page.evaluate("""s => { const r = document.querySelector(s).getBoundingClientRect();
+        return r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0
+            && r.right <= window.innerWidth && r.bottom <= window.innerHeight; }""", sel))
+
+
+def _no_sideways_scroll(page: Any) -> bool:
+    return bool(page.evaluate("""() => document.documentElement.scrollWidth <= window.innerWidth
+        && document.body.scrollWidth <= window.innerWidth"""))
+
+
+def _train_images(api: httpx.Client, n: int) -> list[str]:
+    return [i["id"] for i in api.get("/api/images", params={"limit": n}).json()["items"]]
+
+
+def _clear_rois(api: httpx.Client) -> None:
+    for r in api.get("/api/rois").json():
+        api.delete(f"/api/rois/{r['id']}")
+
+
+# -- 3: layout at every size ---------------------------------------------------------------------
+def test_layout_from_tablet_to_wide_screens(browser: Any, server: dict[str, Any]) -> None:
+    for w, h in SIZES:
+        p = Page(browser, server, w, h)
+        page = p.page
+        try:
+            assert _no_sideways_scroll(page), (w, h)
+            for sel in DECISIONS:
+                assert _in_viewport(page, sel), (w, h, sel)
+            side = page.locator("#image-canvas").bounding_box()
+            assert side["width"] >= 250, (w, h, side)  # images stay readable
+            p.shot(f"layout-{w}x{h}")
+            p.shot(f"layout-{w}x{h}-full", full_page=True)
+            # Scrolled to the bottom (the history), the decisions are still on screen.
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            for sel in DECISIONS:
+                assert _in_viewport(page, sel), (w, h, sel, "scrolled")
+            page.evaluate("window.scrollTo(0, 0)")
+            # Overlay and comparison layouts fit too.
+            page.check("input[name='view'][value='overlay']")
+            assert _no_sideways_scroll(page), (w, h, "overlay")
+            page.check("input[name='view'][value='side']")
+        finally:
+            p.close()
+
+
+def test_the_page_cannot_be_framed(browser: Any, server: dict[str, Any]) -> None:
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    try:
+        r = page.goto(f"{server['url']}/?token={TOKEN}")
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        page.set_content(f"<iframe id='f' src='{server['url']}/'></iframe>")
+        time.sleep(1.0)
+        frame = page.frame_locator("#f")
+        assert frame.locator("#retrain").count() == 0  # the browser refused to show it
+    finally:
+        ctx.close()
+
+
+# -- 2: the retraining form validates before it sends ------------------------------------------
+def test_blank_or_invalid_fields_start_nothing(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    image = _train_images(api, 1)[0]
+    api.post("/api/rois", json={"rois": [{"image_id": image, "shape": "rect", "kind": "include",
+                                          "points": [[0.2, 0.2], [0.6, 0.6]]}]})
+    versions = len(api.get("/api/versions").json())
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        # Plain-language labels, the maths in tooltips, ML knobs folded away.
+        assert page.locator("label[for='f-gamma']").inner_text() == "Feedback strength"
+        assert "γ" in page.locator("#f-gamma").get_attribute("title")
+        assert not page.locator("#advanced").evaluate("d => d.open")
+        for name in ("lr", "train", "mode", "max_batches", "seed"):
+            assert page.locator(f"#advanced [name='{name}']").count() == 1, name
+        assert not page.locator("#f-lr").is_visible()
+
+        page.fill("#f-gamma", "")
+        page.click("#retrain")
+        page.wait_for_selector("#gamma-error:not([hidden])")
+        assert "feedback strength" in page.locator("#gamma-error").inner_text()
+        assert page.locator("#f-gamma").get_attribute("aria-invalid") == "true"
+        assert _in_viewport(page, "#gamma-error") and _in_viewport(page, "#status")
+        assert "not started" in page.locator("#status").inner_text().lower()
+        p.shot("form-blank-gamma-1280x720")
+        for bad_epochs in ("0", "2.5", ""):
+            page.fill("#f-gamma", "30")
+            page.fill("#f-epochs", bad_epochs)
+            page.click("#retrain")
+            page.wait_for_selector("#epochs-error:not([hidden])")
+        page.fill("#f-epochs", "1")
+        page.click("#advanced summary")
+        page.fill("#f-lr", "0")
+        page.click("#advanced summary")  # folded again: an invalid advanced field reopens it
+        page.click("#retrain")
+        page.wait_for_selector("#lr-error:not([hidden])")
+        assert page.locator("#advanced").evaluate("d => d.open")
+        time.sleep(0.3)
+        assert not [r for r in p.requests if r.startswith("POST /api/retrain")], p.requests
+        assert api.get("/api/retrain").json()["state"] == "idle"
+        assert len(api.get("/api/versions").json()) == versions
+        # Corrected, the message goes away as you type.
+        page.fill("#f-lr", "0.001")
+        assert page.locator("#lr-error").is_hidden()
+    finally:
+        p.close()
+        _clear_rois(api)
+
+
+# -- 1: a refused action leaves nothing behind and says why, next to it ----------------------
+def test_a_refused_drawing_disappears(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    p = Page(browser, server, 800, 900)
+    page = p.page
+    try:
+        page.select_option("#split", "test")
+        p.until("document.querySelector('#page-info').textContent.includes('of')")
+        test_id = page.locator("#image-list button").first.get_attribute("data-id")
+        page.click(f"#image-list button[data-id='{test_id}']")
+        p.until(f"window.mimicFeedback.state.imageId === '{test_id}'")
+        page.wait_for_selector("#roi-note:has-text('held-out')")
+        page.click(".tool[data-tool='rect']")
+        p.settle()
+        before = p.pixels("#image-canvas")
+        p.drag("#image-canvas", (0.2, 0.2), (0.7, 0.6))
+        page.wait_for_selector("#canvas-message:not([hidden])")
+        message = page.locator("#canvas-message").inner_text()
+        assert "held out" in message and "test split" in message, message
+        assert _in_viewport(page, "#canvas-message")
+        p.settle()
+        assert p.pixels("#image-canvas") == before  # the refused shape is gone
+        assert page.locator("#roi-list li").count() == 0
+        assert api.get("/api/rois", params={"image_id": test_id}).json() == []
+        p.shot("refused-drawing-800x900")
+    finally:
+        p.errors = [e for e in p.errors if "422" not in e]  # the refused request's console line
+        p.close()
+
+
+# -- 8: editing and keyboard ---------------------------------------------------------------------
+def test_editing_keyboard_and_view(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        # Skip link first, past the image list to the tools.
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.className") == "skip-link"
+        page.keyboard.press("Enter")
+        page.keyboard.press("Tab")
+        assert page.evaluate("!!document.activeElement.closest('#viewer')")
+        # Thumbnails in the list.
+        p.until("""[...document.querySelectorAll('#image-list img.thumb')]
+            .slice(0, 5).every(i => i.complete && i.naturalWidth > 0)""")
+        # The canvas takes the focus; keys zoom and pan it.
+        page.focus("#image-canvas")
+        page.keyboard.press("+")
+        assert page.locator("#zoom-level").inner_text() == "125%"
+        cx = p.state("cx")
+        page.keyboard.press("ArrowRight")
+        assert p.state("cx") > cx
+        page.keyboard.press("0")
+        image = p.state("imageId")
+
+        # R: rectangle; V: select, move, resize; K: switch kind.
+        page.keyboard.press("r")
+        assert p.state("tool") == "rect"
+        p.drag("#image-canvas", (0.2, 0.2), (0.5, 0.5))
+        p.n_rois(1)
+        page.keyboard.press("v")
+        p.drag("#image-canvas", (0.35, 0.35), (0.45, 0.40))  # move by (0.1, 0.05)
+        p.until("window.mimicFeedback.state.rois[0].points[0][0] > 0.28")
+        (moved,) = api.get("/api/rois", params={"image_id": image}).json()
+        assert abs(moved["points"][0][0] - 0.3) < 0.02 and abs(moved["points"][0][1] - 0.25) < 0.02
+        p.settle()
+        p.drag("#image-canvas", (0.6, 0.55), (0.8, 0.75))  # the bottom-right handle
+        p.until("window.mimicFeedback.state.rois[0].points[1][0] > 0.75")
+        (resized,) = api.get("/api/rois", params={"image_id": image}).json()
+        assert abs(resized["points"][0][0] - 0.3) < 0.02  # the opposite corner stays
+        page.keyboard.press("k")
+        page.wait_for_selector("#roi-list li.exclude")
+        p.shot("editing-handles-1280x720")
+        # Undo twice (kind, then size), redo once.
+        page.keyboard.press("Control+z")
+        page.wait_for_selector("#roi-list li.include")
+        page.keyboard.press("Control+z")
+        p.until("window.mimicFeedback.state.rois[0].points[1][0] < 0.65")
+        page.keyboard.press("Control+Shift+z")
+        p.until("window.mimicFeedback.state.rois[0].points[1][0] > 0.75")
+        # Delete, and bring it back.
+        page.keyboard.press("Delete")
+        p.n_rois(0)
+        page.keyboard.press("Control+z")
+        p.n_rois(1)
+
+        # P: polygon with a rubber-band line and corner handles; a click on the first closes.
+        page.keyboard.press("p")
+        page.keyboard.press("n")
+        for x, y in ((0.6, 0.1), (0.9, 0.15), (0.8, 0.4)):
+            page.mouse.click(*p.client("#image-canvas", x, y))
+        page.mouse.move(*p.client("#image-canvas", 0.7, 0.45))
+        p.settle()
+        band1 = p.pixels("#image-canvas")
+        page.mouse.move(*p.client("#image-canvas", 0.5, 0.3))
+        p.settle()
+        assert p.pixels("#image-canvas") != band1  # the guide line follows the pointer
+        assert p.state("polygon.length") == 3
+        p.shot("polygon-rubber-band-1280x720")
+        page.mouse.click(*p.client("#image-canvas", 0.6, 0.1))
+        p.n_rois(2)
+        rois = api.get("/api/rois", params={"image_id": image}).json()
+        assert rois[-1]["shape"] == "polygon" and rois[-1]["kind"] == "exclude"
+        assert len(rois[-1]["points"]) == 3
+
+        # ? opens the help with the shortcuts; Esc closes it.
+        page.keyboard.press("?")
+        page.wait_for_selector("#help:not([hidden])")
+        text = page.locator("#help").inner_text()
+        for key in ("Ctrl+Z", "Ctrl+Shift+Z", "Delete", "Esc", "pan", "rectangle", "ellipse",
+                    "polygon"):
+            assert key in text, key
+        p.shot("help-1280x720")
+        page.keyboard.press("Escape")
+        assert page.locator("#help").is_hidden()
+
+        # Pan limits: dragging far away leaves the image on screen.
+        page.keyboard.press("h")
+        p.drag("#image-canvas", (0.5, 0.5), (-3.0, -3.0))
+        assert 0 <= p.state("cx") <= 1 and 0 <= p.state("cy") <= 1
+
+        # Brightness/contrast changes the image, not the data.
+        p.settle()
+        before = p.pixels("#image-canvas")
+        page.locator("#wl-level").fill("60")
+        p.settle()
+        assert p.pixels("#image-canvas") != before
+
+        # The view survives a reload: image, zoom, tool, brightness.
+        third = page.locator("#image-list button").nth(2).get_attribute("data-id")
+        page.click(f"#image-list button[data-id='{third}']")
+        p.until(f"window.mimicFeedback.state.imageId === '{third}'")
+        page.click("#zoom-in")
+        page.click(".tool[data-tool='ellipse']")
+        time.sleep(0.3)  # the view is saved 150 ms after a change
+        p.open(fresh_view=False)
+        assert p.state("imageId") == third and p.state("zoom") == 1.25
+        assert p.state("tool") == "ellipse" and p.state("wl.level") == 60
+        assert page.locator(".tool[data-tool='ellipse']").get_attribute("aria-pressed") == "true"
+        assert page.locator("#zoom-level").inner_text() == "125%"
+    finally:
+        p.close()
+        _clear_rois(api)
+
+
+# -- the whole session, timed; 4-7: decisions, differences, readable maps, wording ---------------
+def test_full_session(browser: Any, server: dict[str, Any]) -> None:
+    api, session = server["api"], server["session"]
+    timings: dict[str, float] = {}
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        timings["load"] = p.open()
+        assert page.locator("#version-badge").inner_text().startswith("in use: v1")
+        for sel in ("#accept", "#rollback", "#revert"):  # nothing to decide yet
+            assert page.locator(sel).is_disabled(), sel
+        # Readable maps: a colour bar with values, viridis, in both layouts.
+        assert page.locator("#cb-min").inner_text() == "0.00"
+        assert page.locator("#cb-max").inner_text() == "1.00"
+        first = page.evaluate("Array.from(document.querySelector('#colorbar').getContext('2d')"
+                              ".getImageData(0, 6, 1, 1).data.slice(0, 3))")
+        assert first == [68, 1, 84]  # viridis starts dark purple
+        page.check("#stretch")
+        assert "(stretched)" in page.locator("#attention-range").inner_text()
+        assert float(page.locator("#cb-min").inner_text()) > 0
+        page.check("input[name='view'][value='overlay']")
+        assert page.locator("#colorbar").is_visible() and page.locator("#cb-max").is_visible()
+        assert not page.locator("#attention-canvas").is_visible()
+        p.settle()
+        p.shot("session-1-loaded-overlay-1280x720")
+        page.check("input[name='view'][value='side']")
+        page.uncheck("#stretch")
+        page.click("#show-prediction")
+        page.wait_for_selector("#predicted-class")
+        image = p.state("imageId")
+        pred = api.get(f"/api/images/{image}/prediction").json()
+        shown = page.locator("#predicted-class").inner_text()
+        assert f"Predicted: {pred['predicted_name']}" in shown
+
+        # Draw: a "look here" rectangle and a "not here" ellipse.
+        page.click(".tool[data-tool='rect']")
+        page.check("input[name='kind'][value='include']")
+        t0 = time.perf_counter()
+        p.drag("#image-canvas", (0.25, 0.3), (0.75, 0.8))
+        p.n_rois(1)
+        timings["draw_region"] = time.perf_counter() - t0
+        page.click(".tool[data-tool='ellipse']")
+        page.check("input[name='kind'][value='exclude']")
+        p.drag("#attention-canvas", (0.03, 0.03), (0.2, 0.18))  # either canvas works
+        p.n_rois(2)
+        rois = api.get("/api/rois", params={"image_id": image}).json()
+        assert [(r["shape"], r["kind"]) for r in rois] == [("rect", "include"),
+                                                           ("ellipse", "exclude")]
+        (x0, y0), (x1, y1) = rois[0]["points"]
+        assert max(abs(x0 - 0.25), abs(y0 - 0.3), abs(x1 - 0.75), abs(y1 - 0.8)) < 0.01
+        p.shot("session-2-regions-1280x720")
+
+        # Retrain (tiny: 2 batches) with live progress; the candidate is one click away.
+        page.fill("#f-gamma", "30")
+        page.click("#advanced summary")
+        page.fill("#f-max_batches", "2")
+        t0 = time.perf_counter()
+        page.click("#retrain")
+        page.wait_for_selector("#retrain-message[data-state='done']", timeout=300_000)
+        timings["retrain"] = time.perf_counter() - t0
+        p.until("document.querySelector('#version-badge').dataset.candidate === '2'")
+        assert not page.locator("#accept").is_disabled()
+        assert not page.locator("#rollback").is_disabled()
+        assert "candidate v2" in page.locator("#show-diff").inner_text()
+        assert "highlight" in page.locator("#show-diff").get_attribute("class")
+        assert "Candidate version 2 is ready" in page.locator("#status").inner_text()
+        row = page.locator("#versions tr[data-version='2']")
+        assert "strength 30" in row.inner_text() and row.get_attribute("data-status") == "candidate"
+        assert "γ" in row.locator("td.settings").get_attribute("title")
+        p.shot("session-3-retrained-1280x720")
+
+        # Compare: large maps over the anatomy, linked zoom, the measures in clinical words.
+        t0 = time.perf_counter()
+        page.click("#show-diff")
+        page.wait_for_selector("#diff-summary tr[data-key]")
+        timings["compare"] = time.perf_counter() - t0
+        assert page.locator("#compare-before").input_value() == "1"
+        assert page.locator("#compare-after").input_value() == "2"
+        for sel in ("#cmp-before", "#cmp-after", "#cmp-delta"):
+            assert page.locator(sel).bounding_box()["width"] >= 250, sel
+        diff = api.get("/api/diff", params={"before": 1, "after": 2}).json()
+        acc = diff["heldout"]["accuracy"]
+        table = page.locator("#diff-summary").inner_text()
+        assert f"{100 * acc['before']:.1f} %" in table and f"{100 * acc['after']:.1f} %" in table
+        for jargon in ("γ", "|ΔM|", "sha256", "perception branch", "confounder"):
+            assert jargon not in table, jargon
+        # One feedback image: its figures are marked as not meaningful.
+        fb_rows = page.locator("#diff-summary tr.not-meaningful")
+        assert fb_rows.count() >= 3 and "not meaningful" in fb_rows.first.inner_text()
+        ho_n = diff["heldout"]["n_images"]
+        ho_row = page.locator("#diff-summary tr[data-key='Correct diagnoses']").last
+        assert ("not-meaningful" in (ho_row.get_attribute("class") or "")) == (ho_n < 10)
+        trends = page.locator("#diff-summary td[data-trend]")
+        assert trends.count() >= 4
+        for i in range(trends.count()):
+            t = trends.nth(i)
+            trend = t.get_attribute("data-trend")
+            if trend != "same":
+                assert f"trend-{trend}" in t.locator("span").get_attribute("class")
+        assert page.locator("#cbd-min").inner_text().startswith("−")
+        p.settle()
+        before = p.pixels("#cmp-after")
+        page.focus("#cmp-before")
+        page.keyboard.press("+")  # zoom on one map zooms all three
+        p.settle()
+        assert p.pixels("#cmp-after") != before
+        assert page.locator("#zoom-level").inner_text() == "125%"
+        p.shot("session-4-compare-1280x720")
+        page.keyboard.press("0")
+
+        # Accept (a confirmation says what will happen).
+        t0 = time.perf_counter()
+        page.click("#accept")
+        p.until("document.querySelector('#version-badge').dataset.current === '2'")
+        p.until("document.querySelector('#status').innerText.includes("
+                               "'Accepted: version 2')")
+        timings["accept"] = time.perf_counter() - t0
+        assert "becomes the version in use" in p.dialogs[-1]
+        assert page.locator("#rollback").is_disabled() and page.locator("#accept").is_disabled()
+        assert page.locator("#revert").inner_text() == "Revert to v1…"
+        p.shot("session-5-accepted-1280x720")
+
+        # Revert to version 1, chosen from the history; byte-identical weights.
+        weights_v1 = api.get("/api/versions").json()[0]["sha256"]
+        t0 = time.perf_counter()
+        page.click("#versions tr[data-version='1'] button.revert-to")
+        p.until("document.querySelector('#version-badge').dataset.current === '1'")
+        p.until("document.querySelector('#status').innerText.includes('Reverted')")
+        timings["revert"] = time.perf_counter() - t0
+        assert "Revert to version 1?" in p.dialogs[-1] and "rolled back" in p.dialogs[-1]
+        back = api.get("/api/status").json()
+        assert back["current"]["id"] == 1 and back["current"]["sha256"] == weights_v1
+        assert back["weights_sha256"] == session.weights_sha256(1)
+        assert page.locator("#versions tr[data-version='2']").get_attribute(
+            "data-status") == "rolled_back"
+        assert page.locator("#revert").is_disabled()
+        p.shot("session-6-reverted-1280x720")
+
+        # Every version stays viewable, and any two can be compared.
+        assert page.locator("#version-select option[value='2']").count() == 1
+        page.click("#mode-inspect")
+        page.click("#versions tr[data-version='2'] button.view-version")
+        p.until("document.querySelector('#attention-caption').dataset.version === '2'")
+        page.click("#mode-compare")
+        page.select_option("#compare-before", "2")
+        page.select_option("#compare-after", "1")
+        p.until("document.querySelector('#cmp-before-caption').textContent"
+                               ".includes('v2')")
+        page.wait_for_selector("#diff-summary th:has-text('before (v2)')")
+
+        # Discard: a second candidate, thrown away; the version in use does not change.
+        page.click("#retrain")
+        p.until("document.querySelector('#version-badge').dataset.candidate === '3'",
+                               timeout=300_000)
+        page.click("#rollback")
+        p.until("document.querySelector('#status').innerText.includes('Discarded')")
+        assert "stays in use" in p.dialogs[-1]
+        status = api.get("/api/status").json()
+        assert status["candidate"] is None and status["current"]["id"] == 1
+        assert [v["status"] for v in status["versions"]] == ["accepted", "rolled_back",
+                                                             "rolled_back"]
+        for w, h in SIZES:
+            page.set_viewport_size({"width": w, "height": h})
+            p.settle()
+            assert _no_sideways_scroll(page), (w, h)
+            p.shot(f"session-7-end-{w}x{h}")
+    finally:
+        p.close()
+        _clear_rois(api)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "timings.json").write_text(json.dumps(
+        {k: round(v, 3) for k, v in timings.items()}, indent=2) + "\n")
+    print("session timings (s):", {k: round(v, 2) for k, v in timings.items()})
+
+
+def test_reload_during_a_retraining(browser: Any, server: dict[str, Any]) -> None:
+    """The page shows the running retraining's settings and progress after a reload."""
+    api, runner = server["api"], server["app"].state.runner
+    image = _train_images(api, 1)[0]
+    api.post("/api/rois", json={"rois": [{"image_id": image, "shape": "rect", "kind": "include",
+                                          "points": [[0.2, 0.2], [0.6, 0.6]]}]})
+    release = threading.Event()
+
+    def slow(session, params, progress, author=None):  # type: ignore[no-untyped-def]
+        progress(0.4, f"epoch 2/{params.epochs}, batch 1/4")
+        release.wait(60)
+        raise RuntimeError("stopped by the test")
+
+    original, runner.retrain_fn = runner.retrain_fn, slow
+    p = Page(browser, server, 800, 900)
+    page = p.page
+    try:
+        page.fill("#f-epochs", "3")
+        page.fill("#f-gamma", "12")
+        page.click("#retrain")
+        page.wait_for_selector("#retrain-message[data-state='running']")
+        p.open(fresh_view=True)  # even a cleared browser shows the running settings
+        p.until("document.querySelector('#retrain-message').textContent"
+                               ".includes('epoch 2/3')")
+        assert page.locator("#f-epochs").input_value() == "3"
+        assert page.locator("#f-gamma").input_value() == "12"
+        assert page.locator("#retrain").is_disabled()
+        assert page.locator("#retrain-progress").evaluate("e => e.value") == pytest.approx(0.4)
+        p.shot("reload-while-retraining-800x900")
+        release.set()
+        page.wait_for_selector("#retrain-message[data-state='failed']", timeout=30_000)
+        assert "stopped by the test" in page.locator("#status").inner_text()
+    finally:
+        release.set()
+        runner.join(30)
+        runner.retrain_fn = original
+        p.close()
+        _clear_rois(api)
