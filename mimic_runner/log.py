@@ -15,8 +15,8 @@ from rich.logging import RichHandler
 
 # soft_wrap: status lines stay whole in logs (grep-able), whatever the width.
 console = Console(stderr=True, soft_wrap=True)
-# Results; 120 columns when stdout is not a terminal (a log file), so tables do not wrap.
-stdout = Console() if Console().is_terminal else Console(width=120)
+# Results; 160 columns when stdout is not a terminal (a log file), so tables do not wrap.
+stdout = Console() if Console().is_terminal else Console(width=160)
 
 _OWN = "mimic_runner"
 

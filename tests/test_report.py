@@ -145,14 +145,12 @@ def test_packaged_paper_tables_load_and_match_the_shared_copy() -> None:
 def test_find_paper_dir(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--paper-dir"):
         R.find_paper_dir(tmp_path)
-    shared = tmp_path / "shared" / "paper"
-    shared.mkdir(parents=True)
+    mine = tmp_path / "paper"
+    mine.mkdir(parents=True)
     for name in ("table1.csv", "table2.csv"):
-        (shared / name).write_text((R.PACKAGED_PAPER / name).read_text())
-    (tmp_path / "work").mkdir()
-    assert R.find_paper_dir(None, cwd=tmp_path / "work") == shared.resolve()
-    assert R.find_paper_dir(str(shared)) == shared
-    assert R.find_paper_dir(None, cwd=tmp_path / "elsewhere").is_dir()  # repo or packaged
+        (mine / name).write_text((R.PACKAGED_PAPER / name).read_text())
+    assert R.find_paper_dir(str(mine)) == mine
+    assert R.find_paper_dir(None) == R.PACKAGED_PAPER.resolve()  # the shipped copy
 
 
 # -- collecting runs --------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mimic_runner.log import stdout
+
 
 def _ms(stats: dict[str, float]) -> str:
     return f"{stats['median'] * 1e3:.1f}"
@@ -19,7 +21,7 @@ def _spread(stats: dict[str, float], scale: float = 1e3, fmt: str = ".1f") -> st
 
 def render(result: dict[str, Any], console: Console | None = None) -> None:
     """Print the sections present in ``result``."""
-    console = console or Console()
+    console = console or stdout
     meta = result.get("meta", {})
     if meta:
         console.print(f"[bold]mimic-bench[/] {meta.get('date')}  torch {meta.get('torch')}  "

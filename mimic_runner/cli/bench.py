@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     from mimic_runner.bench.report import render
     from mimic_runner.errors import UserError
     from mimic_runner.io import write_json
+    from mimic_runner.log import console, stdout
 
     args = parser().parse_args(argv)
-    console = Console(stderr=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = environment([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     result = {"meta": meta, **suite.run(opt)}
     # Wide enough for the tables when piped to a file (rich defaults to 80 columns).
-    render(result, Console(width=None if sys.stdout.isatty() else 160))
+    render(result, stdout)
     if args.out:
         write_json(args.out, result)
         console.print(f"wrote {args.out}")

@@ -24,9 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-paper", action="store_true",
                    help="put the published values beside the reproduced ones")
     p.add_argument("--paper-dir", default=None, metavar="DIR",
-                   help="folder with the published table1.csv and table2.csv (default: "
-                        "../shared/paper from here or from the repository, else the copy "
-                        "shipped with the package)")
+                   help="folder with the published table1.csv and table2.csv (default: the "
+                        "copy shipped with the package)")
     p.add_argument("--format", default="md,csv,tex", metavar="LIST",
                    help="comma-separated table formats: md, csv, tex (default: all)")
     p.add_argument("--seed-for-samples", type=int, default=0, metavar="S",

@@ -56,8 +56,10 @@ __all__ = [
     "auc_judd",
     "cc",
     "confounder_share",
+    "gaze_on_zero",
     "is_constant",
     "kld",
+    "kld_floor",
     "nss",
     "nss_from_gaze",
     "nss_variant_name",
@@ -139,6 +141,50 @@ def kld(saliency: Tensor, gaze: Tensor) -> Tensor:
     s, g = _sum_to_one(s), _sum_to_one(g)
     score = (g * torch.log(MATLAB_EPS + g / (s + MATLAB_EPS))).sum(dim=-1)
     score = torch.where((g != 0).any(dim=-1), score, torch.full_like(score, float("nan")))
+    return _out(score, single)
+
+
+#: Share of a uniform map mixed into the explanation by :func:`kld_floor`.
+KLD_FLOOR_MIX = 0.01
+
+
+def kld_floor(saliency: Tensor, gaze: Tensor, mix: float = KLD_FLOOR_MIX) -> Tensor:
+    """KLD with a floor under the explanation: ``kld((1 − mix)·s/Σs + mix/(H·W), gaze)``.
+
+    A diagnostic beside the MIT-exact :func:`kld`, not a replacement: Grad-CAM is exactly 0 on
+    every pixel its ReLU cuts, and each unit of gaze mass there costs ``log(g/eps)`` ≈ 25–36
+    nats, so a few such pixels can dominate the MIT KLD. Mixing 1 % of a uniform map bounds
+    that cost at ``log(g·H·W/mix)`` and leaves maps without zeros almost unchanged. An all-zero
+    explanation becomes the uniform map. Shapes, conventions and NaN for an all-zero gaze as
+    :func:`kld`.
+    """
+    if not 0.0 < mix <= 1.0:
+        raise ValueError(f"mix must be in (0, 1], got {mix}")
+    s, _, _ = _flatten_pair(saliency, gaze, ("saliency", "gaze"), _float_dtype(saliency, gaze))
+    if bool((s < 0).any()):
+        raise ValueError("kld_floor needs a non-negative saliency map")
+    s = (1.0 - mix) * _sum_to_one(s)
+    s = torch.where(s.sum(dim=-1, keepdim=True) > 0, s, torch.zeros_like(s)) + mix / s.shape[-1]
+    s = s / s.sum(dim=-1, keepdim=True)  # exactly uniform when the explanation was all zero
+    return kld(s.reshape(saliency.shape), gaze)
+
+
+def gaze_on_zero(saliency: Tensor, gaze: Tensor) -> Tensor:
+    """Fraction of the gaze mass on pixels where the explanation is exactly 0, per image.
+
+    The part of the gaze that :func:`kld` charges ``log(g/eps)`` for: 0 when the explanation
+    is positive wherever the gaze is, 1 when it is zero wherever the gaze is.
+
+    Args:
+        saliency: (H, W) or (B, H, W) explanation. gaze: same shape, non-negative.
+
+    Returns:
+        0-d or (B,) tensor in [0, 1]; NaN for an all-zero gaze map.
+    """
+    s, g, single = _flatten_pair(saliency, gaze, ("saliency", "gaze"), _float_dtype(saliency, gaze))
+    if bool((g < 0).any()):
+        raise ValueError("gaze_on_zero needs a non-negative gaze map")
+    score = (g * (s == 0)).sum(dim=-1) / g.sum(dim=-1)  # 0/0 = NaN for an all-zero gaze
     return _out(score, single)
 
 
@@ -320,7 +366,8 @@ def auc_judd(saliency: Tensor, fixations: Tensor) -> Tensor:
 
 
 def confounder_share(saliency: Tensor, mask: Tensor) -> Tensor:
-    """Fraction of a map's mass on confounder pixels: ``Σ(map·mask) / Σ map`` per image.
+    """Fraction of a map's mass on a mask's pixels: ``Σ(map·mask) / Σ map`` per image (the
+    mask: a known confounder, or the finding's true region).
 
     Args:
         saliency: (H, W) or (B, H, W) non-negative map (e.g. Grad-CAM).

@@ -34,8 +34,10 @@ from mimic_runner.metrics.saliency import (
     auc_judd,
     cc,
     confounder_share,
+    gaze_on_zero,
     is_constant,
     kld,
+    kld_floor,
     nss,
     nss_from_gaze,
     nss_variant_name,
@@ -44,9 +46,13 @@ from mimic_runner.metrics.saliency import (
 
 __all__ = [
     "ConfounderShare",
+    "FindingShare",
+    "GazeOnZero",
+    "MassShare",
     "SaliencyAUCJudd",
     "SaliencyCC",
     "SaliencyKLD",
+    "SaliencyKLDFloor",
     "SaliencyNSS",
     "SaliencySIM",
 ]
@@ -142,6 +148,29 @@ class SaliencyKLD(_MeanSaliencyMetric):
         return _any_nonzero(target)
 
 
+class SaliencyKLDFloor(SaliencyKLD):
+    """Mean KLD with 1 % of a uniform map under the explanation
+    (:func:`~mimic_runner.metrics.saliency.kld_floor`): the KLD without the zero-pixel
+    artefact. A diagnostic; the MIT-exact :class:`SaliencyKLD` stays the primary number."""
+
+    def _score(self, saliency: Tensor, target: Tensor) -> Tensor:
+        return kld_floor(saliency, target)
+
+
+class GazeOnZero(_MeanSaliencyMetric):
+    """Mean share of the gaze mass on pixels where the explanation is exactly 0
+    (:func:`~mimic_runner.metrics.saliency.gaze_on_zero`); target: gaze. Lower is better."""
+
+    higher_is_better = False
+    skip_reason = "all-zero gaze"
+
+    def _score(self, saliency: Tensor, target: Tensor) -> Tensor:
+        return gaze_on_zero(saliency, target)
+
+    def _target_ok(self, saliency: Tensor, target: Tensor) -> Tensor:
+        return _any_nonzero(target)
+
+
 class SaliencyNSS(_MeanSaliencyMetric):
     """Mean NSS; the target is a fixation map (``source="fixations"``, the MIT definition) or a
     gaze heatmap (``source="gaze"``, with an :func:`~mimic_runner.metrics.saliency.nss_from_gaze`
@@ -231,17 +260,14 @@ class SaliencyAUCJudd(_MeanSaliencyMetric):
         return (n_fix > 0) & (n_fix < target[0].numel())
 
 
-class ConfounderShare(_MeanSaliencyMetric):
-    """Mean fraction of the explanation's mass on confounder pixels; target: confounder mask.
+class MassShare(_MeanSaliencyMetric):
+    """Mean fraction of the explanation's mass on a mask (a confounder, a finding's region).
 
     Per image ``Σ(map·mask) / Σ map``
     (:func:`~mimic_runner.metrics.saliency.confounder_share`). Skips images whose map is
     all-zero (no mass to share out) and, with ``skip_empty_masks=True`` (default), images
-    without a confounder, whose share is trivially 0 and would dilute the mean. Lower is
-    better.
+    with an empty mask, whose share is trivially 0 and would dilute the mean.
     """
-
-    higher_is_better = False
 
     def __init__(self, skip_empty_masks: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -254,3 +280,15 @@ class ConfounderShare(_MeanSaliencyMetric):
     def _target_ok(self, saliency: Tensor, target: Tensor) -> Tensor:
         ok = _any_nonzero(saliency)
         return ok & _any_nonzero(target) if self.skip_empty_masks else ok
+
+
+class ConfounderShare(MassShare):
+    """:class:`MassShare` on the confounder mask (lower is better)."""
+
+    higher_is_better = False
+
+
+class FindingShare(MassShare):
+    """:class:`MassShare` on the finding's true region (higher is better)."""
+
+    higher_is_better = True

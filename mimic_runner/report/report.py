@@ -16,6 +16,7 @@ from rich.text import Text
 
 from mimic_runner.errors import UserError
 from mimic_runner.io import atomic_path
+from mimic_runner.log import stdout
 from mimic_runner.report import figures as F
 from mimic_runner.report.collect import (
     TABLES,
@@ -40,7 +41,6 @@ from mimic_runner.report.tables import (
 
 FORMATS = ("md", "csv", "tex")
 PACKAGED_PAPER = Path(__file__).resolve().parent / "paper"
-_REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -56,22 +56,18 @@ def _has_paper(d: Path) -> bool:
     return (d / "table1.csv").is_file() and (d / "table2.csv").is_file()
 
 
-def find_paper_dir(option: str | Path | None, cwd: Path | None = None) -> Path:
-    """The folder with the published ``table1.csv``/``table2.csv``: ``--paper-dir``, else
-    ``../shared/paper`` from the current directory or from the repository, else the copy
-    shipped inside the package."""
+def find_paper_dir(option: str | Path | None) -> Path:
+    """The folder with the published ``table1.csv``/``table2.csv``: ``--paper-dir``, else the
+    copy shipped inside the package (``mimic_runner/report/paper/``)."""
     if option is not None:
         d = Path(option).expanduser()
         if not _has_paper(d):
             raise UserError(f"--paper-dir {d}: needs table1.csv and table2.csv")
         return d
-    cwd = Path.cwd() if cwd is None else cwd
-    for d in (cwd / ".." / "shared" / "paper", _REPO / ".." / "shared" / "paper",
-              PACKAGED_PAPER):
-        if _has_paper(d):
-            return d.resolve()
-    raise UserError("the published tables are missing (no ../shared/paper and no packaged "
-                    "copy); pass --paper-dir DIR")
+    if _has_paper(PACKAGED_PAPER):
+        return PACKAGED_PAPER.resolve()
+    raise UserError("the published tables are missing from the package (reinstall it); pass "
+                    "--paper-dir DIR")
 
 
 @dataclass
@@ -259,10 +255,7 @@ def _rich_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # a log file: wide enough for the summary tables
-            console = Console(width=max(console.width, 160))
+    console = console or stdout
     console.print(_status_line(report.runs))
     if report.paper_dir is not None:
         console.print(Text(f"published values: {report.paper_dir}"))

@@ -70,10 +70,10 @@ class AttentionBranchModule(ExplainedClassifier):
                            member_maps: Tensor | None) -> None:
         self.attention_acc.update(out.extras["attention_logits"], batch["label"])
 
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self.log("test/acc_attention_branch", self.attention_acc.compute())
+    def extra_test_results(self) -> dict[str, float]:
+        acc = float(self.attention_acc.compute())
         self.attention_acc.reset()
+        return {"acc_attention_branch": acc}
 
     @torch.no_grad()
     def predict_attention(self, x: Tensor) -> tuple[Tensor, Tensor]:

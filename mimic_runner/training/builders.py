@@ -80,7 +80,8 @@ def build_module(cfg: DictConfig, data: HDF5DataModule | DataShape) -> Explained
         cfg.model, backbone=factory, in_channels=shape.in_channels,
         num_classes=shape.num_classes, maps=tuple(shape.maps),
         explain_target=cfg.explain.target, explain_layer=explain_layer,
-        nss_variant=cfg.explain.nss_variant, _convert_="all")
+        nss_variant=cfg.explain.nss_variant, class_names=tuple(shape.class_names),
+        _convert_="all")
     sections = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_SECTIONS}
     module.save_hyperparameters({"config": sections, "data": asdict(shape)}, logger=False)
     return module

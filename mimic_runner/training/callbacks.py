@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from mimic_runner.rundir import RunDir
@@ -23,9 +26,16 @@ class ExplanationWriter(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = []
 
+    @staticmethod
+    def _writes(pl_module: L.LightningModule) -> bool:
+        # Only the test split's pass is stored (a tuning pass on val is not).
+        return getattr(pl_module, "eval_split", "test") == "test"
+
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                           outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
+        if not self._writes(pl_module):
+            return
         self._rows.append({
             "maps": outputs["maps"].to(torch.float16).cpu(),
             "probabilities": outputs["logits"].float().softmax(-1).cpu(),
@@ -34,7 +44,7 @@ class ExplanationWriter(L.Callback):
         })
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._rows:
+        if not self._rows or not self._writes(pl_module):
             return
         cat = {k: torch.cat([r[k] for r in self._rows]).numpy() for k in self._rows[0]}
         dm = trainer.datamodule  # type: ignore[attr-defined]
@@ -64,7 +74,8 @@ class MemberCamSnapshot(L.Callback):
         self._count = 0
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return not trainer.sanity_checking and trainer.current_epoch + 1 in self.epochs
+        return (trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+                and trainer.current_epoch + 1 in self.epochs)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sum, self._img, self._count = None, None, 0
@@ -93,3 +104,30 @@ class MemberCamSnapshot(L.Callback):
         self.run_dir.add_member_cams(trainer.current_epoch + 1,
                                      (self._sum / self._count).numpy(), mean_image)
         self._sum, self._img, self._count = None, None, 0
+
+
+def epochs_from(value: float, max_epochs: int | None) -> int:
+    """An epoch count: ``value`` itself when >= 1, else that fraction of ``max_epochs``
+    (rounded down), so one config means 4 of 10 epochs in a full run and 0 in a smoke run."""
+    if value < 0:
+        raise ValueError(f"expected an epoch count or a fraction >= 0, got {value}")
+    if value >= 1:
+        return int(value)
+    return math.floor(value * max_epochs) if max_epochs else 0
+
+
+class WindowedModelCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose "best" is chosen only among epochs >= ``select_after``
+    (an epoch count, or a fraction of ``max_epochs``), the same window for every model — so a
+    checkpoint from inside an explanation ensemble's warm-up, when its consistency term was
+    never active, cannot be the one tested. ``last.ckpt`` is kept every epoch as before."""
+
+    def __init__(self, *args: Any, select_after: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.select_after = float(select_after)
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]
+                              ) -> None:
+        if trainer.current_epoch < epochs_from(self.select_after, trainer.max_epochs):
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)

@@ -28,11 +28,13 @@ from mimic_runner.explain.consistency import (
     pairwise_disagreement,
 )
 from mimic_runner.explain.gradcam import grad_cam
-from mimic_runner.metrics.evaluation import ExplanationMetrics
+from mimic_runner.metrics.evaluation import RunEvaluation
+from mimic_runner.metrics.references import mean_gaze_map
 from mimic_runner.models.classifier import BackboneFactory, ClassifierNet
 from mimic_runner.models.ensemble import EnsembleNet
 from mimic_runner.models.output import ModelOutput
 from mimic_runner.models.unet import UNetNet
+from mimic_runner.training.callbacks import epochs_from
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -60,6 +62,7 @@ class ExplainedClassifier(L.LightningModule):
         maps: tuple[str, ...] = (),
         nss_variant: str = "auto",
         channels_last: bool = False,
+        class_names: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         if explain_target not in ("pred", "label"):
@@ -74,13 +77,21 @@ class ExplainedClassifier(L.LightningModule):
         if channels_last:  # NHWC conv weights: ~30% faster small_cnn steps on CPU (BENCHMARKS.md)
             self.net.to(memory_format=torch.channels_last)
         kw = {"num_classes": num_classes}
-        self.val_metrics = MetricCollection({
-            "acc": MulticlassAccuracy(average="micro", **kw),
-            "auroc": MulticlassAUROC(average="macro", **kw)}, prefix="val/")
-        self.test_metrics = self.val_metrics.clone(prefix="test/")
+        def accuracy_auroc(prefix: str = "") -> MetricCollection:
+            return MetricCollection({"acc": MulticlassAccuracy(average="micro", **kw),
+                                     "auroc": MulticlassAUROC(average="macro", **kw)},
+                                    prefix=prefix)
+
+        self.val_metrics = accuracy_auroc("val/")
+        self.test_metrics = accuracy_auroc()  # its loop's split prefixes the keys
         self.train_acc = MulticlassAccuracy(average="micro", **kw)
-        self.explanation_metrics = ExplanationMetrics(maps=tuple(maps), nss_variant=nss_variant,
-                                                      prefix="test/")
+        names = tuple(class_names) or tuple(str(k) for k in range(num_classes))
+        self.evaluation = RunEvaluation(maps=tuple(maps), class_names=names,
+                                        nss_variant=nss_variant, ensemble_size=ensemble_size)
+        # The split a test loop evaluates ("test", or "val" for the tuning pass): the prefix
+        # of its keys. The last test loop's results, as plain numbers and lists.
+        self.eval_split = "test"
+        self.test_results: dict[str, Any] = {}
         # (mean, std) of (1, C, 1, 1) that inputs are normalised with; set by load_checkpoint.
         self.input_normalisation: tuple[Tensor, Tensor] | None = None
 
@@ -128,40 +139,69 @@ class ExplainedClassifier(L.LightningModule):
         """The explanation (B, H, W) and, for ensembles, the members' maps (N, B, H, W)."""
         return self.explain(out, targets, size), None
 
-    def explain_batch(self, batch: dict[str, Tensor]
+    def explain_batch(self, batch: dict[str, Tensor], with_label_maps: bool = False
                       ) -> tuple[ModelOutput, Tensor, Tensor | None]:
         """Forward + explanation of a batch, with gradients on even under ``no_grad``.
 
-        Returns the (detached) output, the maps (B, H, W) and the members' maps or None.
+        Returns the (detached) output, the maps (B, H, W) and the members' maps or None. With
+        ``with_label_maps`` the maps of the true label are in ``out.extras["label_maps"]``
+        (the same forward pass; the maps themselves when the explained class is the label).
         """
         x = batch["image"]
+        size = tuple(x.shape[-2:])
         with torch.enable_grad():
             out = self.net(x)
             pred = out.logits.argmax(-1)
             targets = pred if self.explain_target == "pred" else batch["label"]
-            maps, members = self.explain_with_members(out, targets, size=tuple(x.shape[-2:]))
+            maps, members = self.explain_with_members(out, targets, size=size)
+            label_maps = None
+            if with_label_maps:
+                label_maps = (maps if self.explain_target == "label"
+                              else self.explain(out, batch["label"], size=size))
+        extras = {k: v.detach() for k, v in out.extras.items()}
+        if label_maps is not None:
+            extras["label_maps"] = label_maps.detach()
         out = ModelOutput(logits=out.logits.detach(), features=out.features.detach(),
                           member_logits=None if out.member_logits is None
-                          else out.member_logits.detach(),
-                          extras={k: v.detach() for k, v in out.extras.items()})
+                          else out.member_logits.detach(), extras=extras)
         return out, maps.detach(), None if members is None else members.detach()
 
+    def on_test_epoch_start(self) -> None:
+        # The reference map "mean gaze" averages the training split's gaze (never test's).
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        train = getattr(dm, "splits", {}).get("train") if dm is not None else None
+        if train is not None and "gaze" in train.tensors and len(train.tensors["gaze"]):
+            self.evaluation.set_mean_gaze(mean_gaze_map(train.tensors["gaze"]).to(self.device))
+
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        out, maps, members = self.explain_batch(batch)
+        out, maps, members = self.explain_batch(batch, with_label_maps=True)
+        preds = out.logits.argmax(-1)
         self.test_metrics.update(out.logits, batch["label"])
-        self.explanation_metrics.update(maps, batch)
+        self.evaluation.update(batch, maps, preds, label_maps=out.extras["label_maps"],
+                               members=members, grid=tuple(out.features.shape[-2:]))
         self.extra_test_metrics(out, batch, members)
         return {"maps": maps, "logits": out.logits, "index": batch["index"]}
 
     def extra_test_metrics(self, out: ModelOutput, batch: dict[str, Tensor],
                            member_maps: Tensor | None) -> None:
-        """Hook for model-specific test metrics."""
+        """Hook for model-specific test metrics (reported by :meth:`extra_test_results`)."""
+
+    def extra_test_results(self) -> dict[str, float]:
+        """Model-specific results of the test loop, keys without the split prefix."""
+        return {}
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.log_dict(self.explanation_metrics.compute())
+        split = self.eval_split
+        results: dict[str, Any] = {f"{split}/{k}": float(v)
+                                   for k, v in self.test_metrics.compute().items()}
+        results.update(self.evaluation.compute(split))
+        results.update({f"{split}/{k}": v for k, v in self.extra_test_results().items()})
+        self.test_results = results
+        # Scalars to the loggers (lists and undefined values live in metrics.json only).
+        self.log_dict({k: v for k, v in results.items()
+                       if isinstance(v, float) and math.isfinite(v)})
         self.test_metrics.reset()
-        self.explanation_metrics.reset()
+        self.evaluation.reset()
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -228,7 +268,8 @@ class UNetModule(ExplainedClassifier):
             target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
             logq = seg_logits.flatten(1).log_softmax(-1)
             seg = (target * (target.clamp_min(1e-12).log() - logq)).sum(-1).mean()
-        return self.gamma * ce + (1 - self.gamma) * seg, {"ce": ce, "gaze_loss": seg}
+        return self.gamma * ce + (1 - self.gamma) * seg, {"ce": ce.detach(),
+                                                                "gaze_loss": seg.detach()}
 
 
 class EnsembleModule(ExplainedClassifier):
@@ -295,10 +336,8 @@ class EnsembleModule(ExplainedClassifier):
         """Epochs without the consistency term: ``warmup_epochs`` itself when >= 1, else that
         fraction of the trainer's ``max_epochs`` (rounded down), so that the same config warms up
         for 4 of 10 epochs in a full run and not at all in a 2-epoch smoke run."""
-        if self.warmup_epochs >= 1:
-            return int(self.warmup_epochs)
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        return math.floor(self.warmup_epochs * max_epochs) if max_epochs else 0
+        return epochs_from(self.warmup_epochs, max_epochs)
 
     def consistency_active(self) -> bool:
         return (self.consistency != "none" and self.lambda_consistency > 0
@@ -337,12 +376,12 @@ class EnsembleModule(ExplainedClassifier):
         self._disagreement_sum += float(d.sum())
         self._disagreement_count += int(d.numel())
 
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
+    def extra_test_results(self) -> dict[str, float]:
+        out = {}
         for n, metric in enumerate(self.member_acc):
-            self.log(f"test/acc_member_{n}", metric.compute())
+            out[f"acc_member_{n}"] = float(metric.compute())
             metric.reset()
         if self._disagreement_count:
-            self.log("test/cam_disagreement",
-                     self._disagreement_sum / self._disagreement_count)
+            out["cam_disagreement"] = self._disagreement_sum / self._disagreement_count
         self._disagreement_sum, self._disagreement_count = 0.0, 0
+        return out

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
+from mimic_runner.errors import UserError
 from mimic_runner.io import atomic_path
 from mimic_runner.log import stdout
 from mimic_runner.rundir import RunDir
@@ -117,11 +118,26 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
     train_seconds = time.perf_counter() - t0
     if trainer.interrupted:
         raise KeyboardInterrupt
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-    trainer.test(module, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
 
-    metrics: dict[str, Any] = {k: _scalar(v) for k, v in trainer.callback_metrics.items()
-                               if k.startswith("test/")}
+    t1 = time.perf_counter()
+    rule = str(cfg.get("test_checkpoint") or "best")
+    tested = tested_checkpoint(trainer, rule)
+    metrics: dict[str, Any] = {}
+    # Validation scores of the tested checkpoint (forward passes only): what sweepers optimise.
+    for row in trainer.validate(module, datamodule=dm, ckpt_path=tested, verbose=False):
+        metrics.update({k: _scalar(v) for k, v in row.items() if k.startswith("val/")})
+    if cfg.explain.get("val_explanations"):
+        metrics.update(evaluate(trainer, module, dm, tested, split="val"))
+        metrics["val/objective"] = val_objective(metrics, float(cfg.explain.get("acc_floor", 0)))
+    metrics.update(evaluate(trainer, module, dm, tested, split="test"))
+    also = cfg.explain.get("also_test")
+    if also and also != rule:
+        metrics.update(evaluate(trainer, module, dm, tested_checkpoint(trainer, also),
+                                split=f"test_{also}"))
+        metrics[f"test_{also}/tested_epoch"] = checkpoint_epoch(
+            tested_checkpoint(trainer, also))
+    eval_seconds = time.perf_counter() - t1
+
     metrics.update({
         "model": cfg.model.name,
         "backbone": cfg.backbone.name,
@@ -130,12 +146,18 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
         "dataset": cfg.data.name,
         "dataset_path": str(dm.resolve_path().resolve()),
         "explain_target": cfg.explain.target,
-        "nss_variant": module.explanation_metrics.nss_variant_used,
+        "nss_variant": module.evaluation.nss_variant_used,
         "train_seconds": round(train_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
         "wall_seconds": round(time.perf_counter() - t_start, 3),
         "epochs": int(trainer.current_epoch),
+        "test_checkpoint": rule,
+        "tested_epoch": checkpoint_epoch(tested),
         "resumed": ckpt_path is not None,
-        "best_checkpoint": str(Path(best).resolve()) if best else None,
+        "best_checkpoint": (str(Path(trainer.checkpoint_callback.best_model_path).resolve())
+                            if getattr(trainer.checkpoint_callback, "best_model_path", "")
+                            else None),
+        "tested_checkpoint_path": str(Path(tested).resolve()) if tested else None,
         "run_dir": str(Path(run_dir).resolve()),
         "device": str(module.device),
     })
@@ -143,6 +165,52 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
         write_csv_rows(rd.csv_log, merge_epoch_logs(earlier, read_csv_rows(rd.csv_log)))
     rd.write_metrics(metrics)
     return metrics
+
+
+def tested_checkpoint(trainer: Any, rule: str) -> str | None:
+    """The checkpoint file ``rule`` picks: ``best`` (the windowed best by the monitored value)
+    or ``last``; None when the run kept no checkpoint (callbacks=none): the weights in memory."""
+    cb = trainer.checkpoint_callback
+    if rule not in ("best", "last"):
+        raise UserError(f"test_checkpoint={rule}: use best or last")
+    if cb is None:
+        return None
+    path = getattr(cb, "best_model_path", "") if rule == "best" else getattr(
+        cb, "last_model_path", "")
+    return path or getattr(cb, "last_model_path", "") or None
+
+
+def checkpoint_epoch(path: str | None) -> int | None:
+    """The (0-based) epoch a checkpoint was saved after."""
+    if not path:
+        return None
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+
+
+def evaluate(trainer: Any, module: Any, dm: Any, ckpt: str | None, split: str
+             ) -> dict[str, Any]:
+    """One explained pass of ``ckpt`` over the test split (``split`` = ``test`` or
+    ``test_<rule>``) or the validation split (``val``); returns its results."""
+    module.eval_split = split
+    try:
+        if split == "val":
+            trainer.test(module, dataloaders=dm.val_dataloader(), ckpt_path=ckpt, verbose=False)
+        else:
+            trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    finally:
+        module.eval_split = "test"
+    return dict(module.test_results)
+
+
+def val_objective(metrics: dict[str, Any], acc_floor: float) -> float:
+    """``val/nss − 10·max(0, acc_floor − val/acc)``: validation gaze agreement, with accuracy
+    below the floor penalised (the tuning sweep's objective, docs/reproducing.md)."""
+    nss, acc = metrics.get("val/nss"), metrics.get("val/acc")
+    if nss is None or acc is None or not math.isfinite(nss):
+        return float("nan")
+    return float(nss) - 10.0 * max(0.0, acc_floor - float(acc))
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
