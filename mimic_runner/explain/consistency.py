@@ -99,6 +99,24 @@ class MapDiscriminator(nn.Module):
         return self.net(maps.unsqueeze(1))
 
 
+class MLPDiscriminator(nn.Module):
+    """The authors' discriminator: an MLP (one hidden layer, 512 units) on the flattened map,
+    here average-pooled to ``pool`` x ``pool`` first (their default input size is 1024 = 32²),
+    so it does not depend on the image size: (M, H, W) -> (M, N) logits."""
+
+    def __init__(self, num_members: int, hidden: int = 512, pool: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
+                                 nn.Linear(pool * pool, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, num_members))
+
+    def forward(self, maps: Tensor) -> Tensor:
+        return self.net(maps.unsqueeze(1))
+
+
+DISCRIMINATORS = {"conv": MapDiscriminator, "mlp": MLPDiscriminator}
+
+
 def adversarial_consistency(maps: Tensor, discriminator: nn.Module) -> tuple[Tensor, Tensor]:
     """The authors' adversarial term, made to pass gradients to the members.
 

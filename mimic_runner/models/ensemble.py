@@ -293,6 +293,12 @@ class EnsembleNet(nn.Module):
                                       for name in bnames])
         return features, last
 
+    def member_logits(self, x: Tensor, n: int) -> Tensor:
+        """(B, C_in, H, W) -> (B, K): member ``n`` alone, for gradients w.r.t. its own input
+        (input attributions need one member per backward pass)."""
+        pooled = self.backbones[n](x).mean(dim=(-2, -1))
+        return self.heads[n](pooled)
+
     def forward(self, x: Tensor) -> ModelOutput:
         features, last = self.member_features(x)
         pooled = last.mean(dim=(-2, -1))  # (N, B, C)

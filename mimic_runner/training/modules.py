@@ -18,10 +18,11 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 from mimic_runner.errors import UserError
+from mimic_runner.explain.attribution import attribution_maps, gradient_shap
 from mimic_runner.explain.consistency import (
     CONSISTENCIES,
+    DISCRIMINATORS,
     DISTANCES,
-    MapDiscriminator,
     adversarial_consistency,
     consistency_to_mean,
     pairwise_consistency,
@@ -36,6 +37,7 @@ from mimic_runner.models.output import ModelOutput
 from mimic_runner.models.unet import UNetNet
 from mimic_runner.training.callbacks import epochs_from
 
+TRAIN_EXPLANATIONS = ("gradcam", "gradient_shap")
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
@@ -284,7 +286,9 @@ class EnsembleModule(ExplainedClassifier):
     def __init__(self, *args: Any, consistency: str = "none", distance: str = "mse",
                  lambda_consistency: float = 1.0, warmup_epochs: float = 0,
                  train_cam_target: str = "label", ensemble_impl: str = "loop",
-                 disagreement_distance: str = "mse", **kwargs: Any) -> None:
+                 disagreement_distance: str = "mse", train_explanation: str = "gradcam",
+                 shap_samples: int = 5, shap_stdev: float = 0.0, consistency_every: int = 1,
+                 discriminator: str = "conv", **kwargs: Any) -> None:
         self.ensemble_impl = ensemble_impl
         super().__init__(*args, **kwargs)
         if consistency not in CONSISTENCIES:
@@ -297,13 +301,25 @@ class EnsembleModule(ExplainedClassifier):
                             "(an integer >= 0) or a fraction of trainer.max_epochs in [0, 1)")
         if train_cam_target not in ("label", "pred"):
             raise UserError(f"model.train_cam_target='{train_cam_target}': use label or pred")
+        if train_explanation not in TRAIN_EXPLANATIONS:
+            raise UserError(f"model.train_explanation='{train_explanation}': choose one of "
+                            f"{', '.join(TRAIN_EXPLANATIONS)}")
+        if discriminator not in DISCRIMINATORS:
+            raise UserError(f"model.discriminator='{discriminator}': choose one of "
+                            f"{', '.join(DISCRIMINATORS)}")
+        if int(consistency_every) < 1 or int(shap_samples) < 1:
+            raise UserError("model.consistency_every and model.shap_samples: use 1 or more")
         self.consistency = consistency
         self.distance = distance
         self.lambda_consistency = lambda_consistency
         self.warmup_epochs = warmup_epochs
         self.train_cam_target = train_cam_target
         self.disagreement_distance = disagreement_distance
-        self.discriminator = (MapDiscriminator(self.ensemble_size)
+        self.train_explanation = train_explanation
+        self.shap_samples = int(shap_samples)
+        self.shap_stdev = float(shap_stdev)
+        self.consistency_every = int(consistency_every)
+        self.discriminator = (DISCRIMINATORS[discriminator](self.ensemble_size)
                               if consistency == "adversarial" else None)
         n = self.ensemble_size
         self.member_acc = nn.ModuleList([MulticlassAccuracy(num_classes=self.num_classes,
@@ -340,8 +356,30 @@ class EnsembleModule(ExplainedClassifier):
         return epochs_from(self.warmup_epochs, max_epochs)
 
     def consistency_active(self) -> bool:
-        return (self.consistency != "none" and self.lambda_consistency > 0
-                and self.current_epoch >= self.warmup_length())
+        """After the warm-up, on every ``consistency_every``-th epoch (the authors: every
+        other one), starting with the first epoch after the warm-up."""
+        after = self.current_epoch - self.warmup_length()
+        return (self.consistency != "none" and self.lambda_consistency > 0 and after >= 0
+                and after % self.consistency_every == 0)
+
+    def member_attribution_maps(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Every member's differentiable ``|GradientSHAP|`` map of ``targets``: (N, B, H, W).
+
+        The attribution passes run each member on copies of its buffers, so BatchNorm's
+        running statistics stay those of the data (the passes see interpolations towards the
+        baseline) and the training forward's autograd graph stays valid."""
+        from torch.func import functional_call
+
+        net = self.net
+
+        def member(n: int) -> Any:
+            backbone, head = net.backbones[n], net.heads[n]
+            buffers = {k: v.clone() for k, v in backbone.named_buffers()}
+            return lambda z: head(functional_call(backbone, buffers, (z,)).mean(dim=(-2, -1)))
+
+        return torch.stack([attribution_maps(gradient_shap(
+            member(n), x, targets, baselines=0.0, n_samples=self.shap_samples,
+            stdev=self.shap_stdev, create_graph=True)) for n in range(self.ensemble_size)])
 
     def loss(self, out: ModelOutput, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         assert out.member_logits is not None
@@ -353,8 +391,11 @@ class EnsembleModule(ExplainedClassifier):
         if not self.consistency_active():
             return ce, logs
         targets = y if self.train_cam_target == "label" else out.logits.argmax(-1)
-        # Maps at the feature resolution: the loss needs no upsampling, and it is cheaper.
-        maps = self.member_maps(out, targets, size=None, create_graph=True)
+        if self.train_explanation == "gradient_shap":
+            maps = self.member_attribution_maps(batch["image"], targets)
+        else:
+            # Maps at the feature resolution: the loss needs no upsampling, and it is cheaper.
+            maps = self.member_maps(out, targets, size=None, create_graph=True)
         if self.consistency == "mean":
             term = consistency_to_mean(maps, self.distance)
         elif self.consistency == "pairwise":
