@@ -66,8 +66,8 @@ def _session(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     session = FeedbackSession(args.run_dir, workspace=args.workspace, author=args.author,
                               fresh=args.fresh)
     if session.set_aside is not None:
-        Console(stderr=True).print(f"the run's checkpoint changed: the old workspace is now "
-                                   f"{session.set_aside}; started a new one")
+        print(f"the run's checkpoint changed: the old workspace is now {session.set_aside}; "
+              "started a new one", file=sys.stderr)
     return session
 
 

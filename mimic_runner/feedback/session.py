@@ -261,9 +261,9 @@ class FeedbackSession:
             ref = self.ref(str(r["image_id"]))
             if ref.split not in FEEDBACK_SPLITS:
                 raise FeedbackInvalid(
-                    f"region {i}: image '{ref.image_id}' is in the {ref.split} split; feedback "
-                    f"is taken on {', '.join(FEEDBACK_SPLITS)} images only (held-out images "
-                    "stay held out)")
+                    f"region {i}: image '{ref.image_id}' is in the {ref.split} split, held out: "
+                    f"regions are taken on {', '.join(FEEDBACK_SPLITS)} images only, so that the "
+                    "checks on held-out images stay honest")
             try:
                 roi = ROI(shape=r["shape"], kind=r["kind"],
                           points=tuple((float(x), float(y)) for x, y in r["points"]))

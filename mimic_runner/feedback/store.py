@@ -83,6 +83,16 @@ class FeedbackInvalid(UserError):
     """A region or parameter is malformed (HTTP 422)."""
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
+def _known_id(what: str, value: int) -> int:
+    """An id SQLite can look up; out of range is "does not exist", never an OverflowError."""
+    if not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise FeedbackNotFound(f"{what} {value} does not exist")
+    return value
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -223,6 +233,7 @@ class FeedbackStore:
             return [_roi_row(row) for row in rows]
 
     def delete_roi(self, roi_id: int, author: str = "") -> dict[str, Any]:
+        _known_id("region", roi_id)
         with self.write() as conn:
             row = conn.execute("SELECT * FROM rois WHERE id=?", (roi_id,)).fetchone()
             if row is None:
@@ -242,6 +253,7 @@ class FeedbackStore:
         if not changes or set(changes) - allowed:
             raise FeedbackInvalid(f"a region update changes {', '.join(sorted(allowed))}; got "
                                   f"{', '.join(sorted(changes)) or 'nothing'}")
+        _known_id("region", roi_id)
         with self.write() as conn:
             row = conn.execute("SELECT * FROM rois WHERE id=?", (roi_id,)).fetchone()
             if row is None:
@@ -280,6 +292,7 @@ class FeedbackStore:
         return rows
 
     def version(self, version_id: int) -> dict[str, Any]:
+        _known_id("version", version_id)
         with self.read() as conn:
             row = conn.execute("SELECT * FROM versions WHERE id=?", (version_id,)).fetchone()
             current = self._current_id(conn)
@@ -394,6 +407,7 @@ class FeedbackStore:
                 if row is None:
                     raise FeedbackConflict("there is no candidate to accept; retrain first")
                 version_id = int(row[0])
+            _known_id("version", version_id)
             row = conn.execute("SELECT * FROM versions WHERE id=?", (version_id,)).fetchone()
             if row is None:
                 raise FeedbackNotFound(f"version {version_id} does not exist")
@@ -492,6 +506,7 @@ class FeedbackStore:
         ``rolled_back`` (kept, viewable, never deleted). Returns ``{"rolled_back": [ids],
         "current": <version>}``.
         """
+        _known_id("version", version_id)
         with self.write() as conn:
             row = conn.execute("SELECT id, status FROM versions WHERE id=?",
                                (version_id,)).fetchone()

@@ -84,6 +84,8 @@ def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    for old in ARTIFACTS.glob("*.png"):  # the screenshots of this run only
+        old.unlink()
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:

@@ -12,6 +12,7 @@ const HANDLE = 7;  // CSS pixels: half the size of a resize handle
 const KIND_WORDS = { include: "look here", exclude: "not here" };
 const SHAPE_WORDS = { rect: "rectangle", ellipse: "ellipse", polygon: "polygon" };
 const STATUS_WORDS = { accepted: "accepted", candidate: "candidate", rolled_back: "rolled back" };
+const A_SHAPE = { rect: "a rectangle", ellipse: "an ellipse", polygon: "a polygon" };
 
 const state = {
   info: null, split: "train", offset: 0, limit: 50, total: 0,
@@ -304,7 +305,8 @@ function drawRoi(ctx, canvas, roi, { selected = false, open = false } = {}) {
   ctx.stroke();
   if (selected) { ctx.fillStyle = "rgba(255, 214, 0, 0.16)"; ctx.fill(); }
   if (!open && pts.length) {
-    const x = Math.min(...pts.map((p) => p[0])), y = Math.min(...pts.map((p) => p[1]));
+    const xs = pts.map((p) => p[0]);
+    const x = (Math.min(...xs) + Math.max(...xs)) / 2, y = Math.min(...pts.map((p) => p[1]));
     const size = 13 * dpr;
     ctx.setLineDash([]);
     ctx.fillStyle = roi.kind === "include" ? "#16824a" : "#c62828";
@@ -614,13 +616,13 @@ async function addRoi(roi) {
   const [created] = await api("POST", "/api/rois", { rois: [body] });
   const ref = refFor(created.id), data = payloadOf(created);
   record({
-    label: `adding a ${SHAPE_WORDS[roi.shape]}`,
+    label: `adding ${A_SHAPE[roi.shape]}`,
     undo: async () => { await api("DELETE", `/api/rois/${ref.id}`); },
     redo: async () => { const [c] = await api("POST", "/api/rois", { rois: [data] }); rebind(ref, c.id); },
   });
   state.selected = null;
   await afterRegionChange();
-  report("#canvas-message", `Added a ${SHAPE_WORDS[roi.shape]} (“${KIND_WORDS[roi.kind]}”)`, "info");
+  report("#canvas-message", `Added ${A_SHAPE[roi.shape]} (“${KIND_WORDS[roi.kind]}”)`, "info");
 }
 
 async function deleteRoi(id) {
@@ -804,7 +806,7 @@ async function onUp(ev) {
     if (d.roi) {
       const [[x0, y0], [x1, y1]] = d.roi.points;
       if (Math.abs(x1 - x0) < 0.005 || Math.abs(y1 - y0) < 0.005) {
-        report("#canvas-message", `Drag to draw a ${SHAPE_WORDS[d.roi.shape]}`, "info");
+        report("#canvas-message", `Drag to draw ${A_SHAPE[d.roi.shape]}`, "info");
         return;
       }
       await addRoi(d.roi);
@@ -814,7 +816,7 @@ async function onUp(ev) {
     }
   } catch (err) {
     // Refused: nothing of it stays on screen; the reason appears over the image.
-    report("#canvas-message", err.message);
+    report("#canvas-message", err.message.replace(/^region \d+: /, ""));
     await loadRois().catch(() => {});
   } finally {
     render();
@@ -848,7 +850,7 @@ async function closePolygon() {
     if (unique.length < 3) throw new Error("A polygon needs at least 3 corners");
     await addRoi({ shape: "polygon", kind: state.kind, points: unique });
   } catch (err) {
-    report("#canvas-message", err.message);
+    report("#canvas-message", err.message.replace(/^region \d+: /, ""));
   } finally {
     render();
   }
@@ -1276,7 +1278,7 @@ function renderCompareTable() {
       td3.dataset.trend = trend;
       const span = document.createElement("span");
       span.className = trend === "same" ? "" : `trend-${trend}`;
-      span.textContent = trend === "same" ? shown : `${trend === "better" ? "▲" : "▼"} ${shown} (${trend})`;
+      span.textContent = small ? "no change" : trend === "same" ? shown : `${trend === "better" ? "▲" : "▼"} ${shown} (${trend})`;
       td3.title = dir ? `${dir > 0 ? "higher" : "lower"} is better` : "neither better nor worse";
       td3.appendChild(span);
     }
