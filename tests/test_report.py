@@ -18,19 +18,10 @@ from mimic_runner.data.schema import write_dataset
 from mimic_runner.errors import UserError
 from mimic_runner.report import report as R
 from mimic_runner.report.collect import collect_runs, coverage, expected_grid, variant_of
-from mimic_runner.report.tables import (
-    build_tables,
-    load_paper,
-    paired_test,
-    row_matrix,
-    stats_matrix,
-    summarize,
-    to_latex,
-    to_markdown,
-)
+from mimic_runner.report.render import row_matrix, stats_matrix, to_latex, to_markdown
+from mimic_runner.report.tables import build_tables, load_paper, paired_test, summarize
 from mimic_runner.rundir import RunDir
 
-SHARED_PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
 N_TEST, SIZE = 12, 16
 
 
@@ -47,8 +38,10 @@ def make_dataset(path: Path) -> Path:
 def make_run(root: Path, sweep: str | None, model: str, seed: int, size: int = 1,
              status: str = "finished", extra: tuple[str, ...] = ("trainer=smoke",),
              dataset: Path | None = None, kld: float | None = None, nss: float | None = None,
-             acc: float | None = None, cams: bool = False) -> Path:
-    """A run folder as mimic-run writes it (only what the report reads)."""
+             acc: float | None = None, cams: bool = False,
+             more: dict | None = None) -> Path:
+    """A run folder as mimic-run writes it (only what the report reads); ``more`` adds keys
+    to its metrics.json."""
     overrides = [f"model={model}", f"seed={seed}", *extra]
     if size != 1 and model != "baseline":
         overrides.append(f"model.ensemble_size={size}")
@@ -68,7 +61,7 @@ def make_run(root: Path, sweep: str | None, model: str, seed: int, size: int = 1
                    "test/acc": acc if acc is not None else float(rng.uniform(0.3, 0.9)),
                    "test/kld": kld if kld is not None else float(rng.uniform(0.5, 9)),
                    "test/nss": nss if nss is not None else float(rng.normal()),
-                   "dataset_path": str(dataset) if dataset else None}
+                   "dataset_path": str(dataset) if dataset else None, **(more or {})}
         (d / "metrics.json").write_text(json.dumps(metrics))
         if dataset is not None:
             RunDir(d).write_explanations(
@@ -133,13 +126,11 @@ def test_paired_test_uses_the_seeds_both_have() -> None:
 
 # -- published values -------------------------------------------------------------------------
 
-def test_packaged_paper_tables_load_and_match_the_shared_copy() -> None:
+def test_packaged_paper_tables_load() -> None:
     paper = load_paper(R.PACKAGED_PAPER)
     assert len(paper["table1"]) == 40 and len(paper["table2"]) == 40
     assert paper["table1"][("baseline", 1735)] == {"acc": 72.17, "kld": 10.744, "nss": -0.497}
     assert paper["table2"][(8, 6395)] == {"kld": 6.55, "nss": -1.491}
-    if SHARED_PAPER.is_dir():
-        assert load_paper(SHARED_PAPER) == paper
 
 
 def test_find_paper_dir(tmp_path: Path) -> None:
@@ -276,3 +267,40 @@ def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit) as e:
         report_main([str(tmp_path), "--format", "md,html"])
     assert e.value.code == 2 and "--format" in capsys.readouterr().err
+
+
+def test_reference_rows_claim_test_diagnostics_and_warnings(tmp_path: Path) -> None:
+    """What the report must let a reader judge: reference maps beside the models, the
+    explanation ensemble paired with the normal one, the zero-pixel diagnostics, and a warning
+    that synthetic runs sit beside MIMIC-EGD values."""
+    refs = {"ref/uniform/kld": 1.9, "ref/uniform/nss": 0.0, "ref/mean_gaze/kld": 1.0,
+            "ref/mean_gaze/nss": 1.4, "ref/gaze_oracle/kld": 0.1, "ref/gaze_oracle/nss": 2.9}
+    expl_minus_normal = {1735: 0.5, 2948: 0.25, 4235: 0.75}
+    for seed in (1735, 2948, 4235):
+        diag = {"test/gaze_on_zero": 0.1, "test/kld_floor": 2.0, "test_label/kld": 3.0,
+                "test_label/nss": 0.4, "dataset": "synth_cxr", **refs}
+        make_run(tmp_path, "table1", "normal_ensemble", seed, size=10, kld=3.0, nss=0.6,
+                 more=diag)
+        make_run(tmp_path, "table1", "expl_ensemble", seed, size=10,
+                 kld=3.0 + expl_minus_normal[seed], nss=0.5, more=diag)
+        make_run(tmp_path, "table1", "baseline", seed, kld=5.0, nss=0.3, more=diag)
+        make_run(tmp_path, "table2", "expl_ensemble", seed, size=5, more=diag)
+    report = R.make_report(tmp_path, out_dir=tmp_path / "out", compare_paper=True)
+    (t1,) = report.tables["table1"]
+    assert [r.label for r in t1.references] == ["Uniform map", "Mean gaze (train)",
+                                               "Gaze oracle"]
+    kld = {g.group: g for g in t1.stats if g.metric.key == "kld"}
+    claim = kld["expl_ensemble"].claim
+    assert claim is not None and claim.n == 3 and claim.mean_diff == pytest.approx(0.5)
+    assert kld["normal_ensemble"].claim is None and kld["expl_ensemble"].test.n == 3
+    assert {g.metric.key for g in t1.diagnostics} >= {"gaze_on_zero", "kld_floor",
+                                                       "kld_label", "nss_label"}
+    assert report.warnings and "not MIMIC-EGD" in report.warnings[0]
+    md = (tmp_path / "out" / "report.md").read_text()
+    for text in ("Uniform map", "Mean gaze (train)", "Gaze oracle", "vs Normal Ensemble",
+                 "Gaze on zero px", "KLD (true label)", "not MIMIC-EGD", "repeat Table 1"):
+        assert text in md, text
+    for name in ("table1.csv", "table1_summary.csv", "table1.tex"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "Gaze oracle" in text or "gaze_oracle" in text, name
+    assert "vs_normal_p" in (tmp_path / "out" / "table1_summary.csv").read_text()

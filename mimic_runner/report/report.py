@@ -27,10 +27,7 @@ from mimic_runner.report.collect import (
     describe_missing,
     runs_for_table,
 )
-from mimic_runner.report.tables import (
-    ResultTable,
-    build_tables,
-    load_paper,
+from mimic_runner.report.render import (
     row_matrix,
     rows_csv,
     stats_csv,
@@ -38,8 +35,11 @@ from mimic_runner.report.tables import (
     to_latex,
     to_markdown,
 )
+from mimic_runner.report.tables import ResultTable, build_tables, load_paper
 
 FORMATS = ("md", "csv", "tex")
+DIAG_TITLE = ("Diagnostics: gaze mass on exactly-zero explanation pixels, the KLD with a 1 % "
+              "uniform floor, and the explanations of the true label")
 PACKAGED_PAPER = Path(__file__).resolve().parent / "paper"
 
 
@@ -88,6 +88,7 @@ class Report:
     figures: list[FigureResult]
     paper_dir: Path | None
     files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def make_report(runs_dir: Path, out_dir: Path | None = None, compare_paper: bool = False,
@@ -114,10 +115,38 @@ def make_report(runs_dir: Path, out_dir: Path | None = None, compare_paper: bool
         cov[kind] = coverage(selected, kind)
 
     report = Report(runs_dir=runs_dir, out_dir=out_dir, runs=runs, tables=tables,
-                    sources=sources, coverage=cov, figures=[], paper_dir=pdir)
+                    sources=sources, coverage=cov, figures=[], paper_dir=pdir,
+                    warnings=dataset_warnings(runs) if paper else [])
+    if paper and table2_repeats_table1(paper):
+        for t in tables["table2"]:
+            t.notes.append(TABLE2_NOTE)
     report.figures = _figures(runs, table_runs, out_dir, paper, seed_for_samples)
     report.files = _write(report, formats) + [f.path for f in report.figures if f.path]
     return report
+
+
+TABLE2_NOTE = ("The paper's Table 2 rows for N=10 repeat Table 1's Expl. Ensemble values (the "
+               "same ten KLD/NSS pairs) under other seed labels: seed-matched comparisons at "
+               "N=10 pair a run with a value the paper gives to another seed.")
+
+
+def dataset_warnings(runs: Sequence[Run]) -> list[str]:
+    """One warning line when published (MIMIC-EGD) values sit beside runs on other data."""
+    other = sorted({str(r.metrics.get("dataset")) for r in runs if r.status == "finished"
+                    and r.metrics.get("dataset") not in (None, "mimic_egd")})
+    if not other:
+        return []
+    return [f"warning: runs on {', '.join(other)}, not MIMIC-EGD: the published values beside "
+            "them come from another dataset; compare the pattern between models, not the "
+            "numbers"]
+
+
+def table2_repeats_table1(paper: dict) -> bool:
+    """Whether the published N=10 rows of Table 2 hold Table 1's Expl. Ensemble values."""
+    t1 = sorted((v["kld"], v["nss"]) for (g, _), v in paper["table1"].items()
+                if g == "expl_ensemble")
+    t2 = sorted((v["kld"], v["nss"]) for (g, _), v in paper["table2"].items() if g == 10)
+    return bool(t1) and t1 == t2
 
 
 def _figures(runs: list[Run], table_runs: dict[str, list[Run]], out: Path,
@@ -194,6 +223,7 @@ def _write(report: Report, formats: Sequence[str]) -> list[Path]:
     md_parts = [f"# Reproduction report: {report.runs_dir}\n", _status_line(report.runs) + "\n"]
     if report.paper_dir is not None:
         md_parts.append(f"Published values from `{report.paper_dir}`.\n")
+    md_parts += [f"**{w}**\n" for w in report.warnings]
     for kind in TABLES:
         tables = report.tables[kind]
         title = "Table 1" if kind == "table1" else "Table 2"
@@ -207,18 +237,28 @@ def _write(report: Report, formats: Sequence[str]) -> list[Path]:
         for t in tables:
             rh, rr = row_matrix(t)
             sh, sr = stats_matrix(t)
+            dh, dr = stats_matrix(t, diagnostics=True)
+            vs = f"{t.reference or 'the reference'}" + (
+                " and of the Expl. Ensemble against the Normal Ensemble (the paper's claim)"
+                if kind == "table1" else "")
             md_parts += [f"### {t.title}\n", to_markdown(rh, rr),
                          f"Per {'model' if kind == 'table1' else 'ensemble size'}: mean ± std "
-                         "over seeds, 95% t-interval of the mean, paired t-test against "
-                         f"{t.reference or 'the reference'} on the seeds both have.\n",
-                         to_markdown(sh, sr)]
+                         "over seeds, 95% t-interval of the mean, paired t-tests against "
+                         f"{vs} on the seeds both have; reference maps (uniform, the training "
+                         "split's mean gaze, the gaze pooled to the explained grid) scored on "
+                         "the same test images.\n",
+                         to_markdown(sh, sr), f"\n{DIAG_TITLE}\n", to_markdown(dh, dr)]
             md_parts += [f"- {n}" for n in t.notes]
             tex_parts += [to_latex(rh, rr, t.title),
-                          to_latex(sh, sr, f"{t.title}: summary over seeds")]
+                          to_latex(sh, sr, f"{t.title}: summary over seeds"),
+                          to_latex(dh, dr, f"{t.title}: {DIAG_TITLE}")]
         if tables and "md" in formats:
             files.append(_write_text(out / f"{kind}.md", "\n".join(
-                [f"# {title}\n"] + [f"## {t.title}\n\n" + to_markdown(*row_matrix(t)) + "\n"
-                                    + to_markdown(*stats_matrix(t)) for t in tables])))
+                [f"# {title}\n"] + [w + "\n" for w in report.warnings]
+                + [f"## {t.title}\n\n" + to_markdown(*row_matrix(t)) + "\n"
+                   + to_markdown(*stats_matrix(t)) + f"\n{DIAG_TITLE}\n\n"
+                   + to_markdown(*stats_matrix(t, diagnostics=True))
+                   + "".join(f"\n- {n}" for n in t.notes) for t in tables])))
         if tables and "csv" in formats:
             files.append(_write_text(out / f"{kind}.csv", rows_csv(tables)))
             files.append(_write_text(out / f"{kind}_summary.csv", stats_csv(tables)))
@@ -257,6 +297,8 @@ def _rich_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
 def print_report(report: Report, console: Console | None = None) -> None:
     console = console or stdout
     console.print(_status_line(report.runs))
+    for w in report.warnings:
+        console.print(Text(w, style="yellow"))
     if report.paper_dir is not None:
         console.print(Text(f"published values: {report.paper_dir}"))
     for kind in TABLES:
@@ -274,6 +316,8 @@ def print_report(report: Report, console: Console | None = None) -> None:
             console.print(_rich_table(*row_matrix(t)))
             console.print(Text(f"{t.title}: summary over seeds", style="bold"))
             console.print(_rich_table(*stats_matrix(t)))
+            console.print(Text(f"{t.title}: {DIAG_TITLE}", style="bold"))
+            console.print(_rich_table(*stats_matrix(t, diagnostics=True)))
             for note in t.notes:
                 console.print(Text(note, style="yellow"))
     console.rule("Figures")

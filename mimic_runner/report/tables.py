@@ -7,7 +7,6 @@ published CSVs; files are written by :mod:`mimic_runner.report.report`.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +42,17 @@ ACC = Metric("acc", "Acc. (%)", "test/acc", 100.0, 2)
 KLD = Metric("kld", "KLD", "test/kld", 1.0, 3)
 NSS = Metric("nss", "NSS", "test/nss", 1.0, 3)
 TABLE_METRICS = {"table1": (ACC, KLD, NSS), "table2": (KLD, NSS)}
+# The second summary: how much of a KLD is the zero-pixel artefact, and the explanations of the
+# true label (the class the explanation ensemble's training term explains).
+DIAGNOSTICS = (Metric("gaze_on_zero", "Gaze on zero px", "test/gaze_on_zero", 1.0, 3),
+               Metric("kld_floor", "KLD (floored)", "test/kld_floor", 1.0, 3),
+               Metric("kld_label", "KLD (true label)", "test_label/kld", 1.0, 3),
+               Metric("nss_label", "NSS (true label)", "test_label/nss", 1.0, 3))
+# Reference maps scored on the same test images (metrics.json ``ref/<name>/<metric>``).
+REFERENCES = {"uniform": "Uniform map", "mean_gaze": "Mean gaze (train)",
+              "gaze_oracle": "Gaze oracle"}
+# The claim of the paper: the explanation ensemble against the normal one, paired over seeds.
+CLAIM = ("expl_ensemble", "normal_ensemble")
 TABLE_TITLES = {"table1": "Table 1: models x seeds",
                 "table2": "Table 2: explanation ensemble, ensemble size x seeds"}
 
@@ -152,6 +162,16 @@ class GroupStats:
     summary: Summary
     test: PairedTest | None        # None for the reference group itself
     paper: Summary | None
+    claim: PairedTest | None = None  # Table 1: Expl. Ensemble vs Normal Ensemble
+
+
+@dataclass
+class ReferenceRow:
+    """A reference map's scores, over the table's finished runs (one value per seed)."""
+
+    name: str
+    label: str
+    summaries: dict[str, Summary]  # metric key -> summary over runs
 
 
 @dataclass
@@ -164,6 +184,8 @@ class ResultTable:
     reference: str | None          # label of the paired tests' reference group
     compare: bool
     notes: list[str] = field(default_factory=list)
+    references: list[ReferenceRow] = field(default_factory=list)
+    diagnostics: list[GroupStats] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -239,10 +261,34 @@ def build_tables(runs: Sequence[Run], kind: str, paper: PaperValues | None = Non
         rows.sort(key=lambda r: (_sort_key(group_order, r.group),
                                  _sort_key(seed_order, r.seed)))
         stats_, reference = _group_stats(rows, kind, metrics, paper)
+        finished = [r for r in chosen if r.status == "finished"]
+        diag_rows = [Row(group=r.group, label=r.label, seed=r.seed, status=r.status,
+                         values={m.key: _value(run.metrics, m) for m in DIAGNOSTICS},
+                         paper=None, path=r.path)
+                     for r in rows for run in finished if run.path == r.path]
+        diagnostics, _ = _group_stats(diag_rows, kind, DIAGNOSTICS, None)
         tables.append(ResultTable(kind=kind, variant=variant, metrics=metrics, rows=rows,
                                   stats=stats_, reference=reference,
-                                  compare=paper is not None, notes=notes))
+                                  compare=paper is not None, notes=notes,
+                                  references=reference_rows(finished, metrics),
+                                  diagnostics=diagnostics))
     return tables
+
+
+def reference_rows(runs: Sequence[Run], metrics: Sequence[Metric]) -> list[ReferenceRow]:
+    """The reference maps' scores over the runs that have them (mean over runs: the maps do
+    not depend on the model, but a run's test images and explained grid may differ)."""
+    out = []
+    for name, label in REFERENCES.items():
+        summaries = {}
+        for m in metrics:
+            if m.key == "acc":
+                continue
+            values = [r.metrics.get(f"ref/{name}/{m.key}") for r in runs]
+            summaries[m.key] = summarize(v for v in values if v is not None)
+        if any(s.n for s in summaries.values()):
+            out.append(ReferenceRow(name=name, label=label, summaries=summaries))
+    return out
 
 
 def _value(metrics: Mapping[str, Any], m: Metric) -> float | None:
@@ -281,174 +327,15 @@ def _group_stats(rows: Sequence[Row], kind: str, metrics: Sequence[Metric],
                 published = [v[m.key] for (pgrp, _), v in paper.items()
                              if pgrp == pg and m.key in v]
                 psum = summarize(published) if published else None
+            claim = None
+            if kind == "table1" and g == CLAIM[0] and CLAIM[1] in groups:
+                other = {r.seed: r.values[m.key] for r in rows
+                         if r.group == CLAIM[1] and r.seed is not None}
+                claim = paired_test(by_seed, other)
             out.append(GroupStats(group=g, label=group_label(g, kind), metric=m,
-                                  summary=summarize(by_seed.values()), test=test, paper=psum))
+                                  summary=summarize(by_seed.values()), test=test, paper=psum,
+                                  claim=claim))
     ref_label = group_label(reference, kind) if reference is not None else None
     if kind == "table2" and ref_label is not None:
         ref_label = f"N={ref_label}"
     return out, ref_label
-
-
-# -- rendering --------------------------------------------------------------------------------
-
-def fmt(value: float | None, digits: int) -> str:
-    if value is None or not math.isfinite(value):
-        return ""
-    return f"{value:.{digits}f}"
-
-
-def fmt_p(p: float) -> str:
-    if not math.isfinite(p):
-        return ""
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
-def row_matrix(table: ResultTable, repeat_group: bool = False) -> tuple[list[str], list[list[str]]]:
-    """The rows table in the paper's layout, as strings: Table 1 (model, seed, metrics),
-    Table 2 (seed, ensemble size, metrics); a ``paper`` column after each metric when
-    comparing; the run's status last."""
-    first = ["Model", "Seed"] if table.kind == "table1" else ["Seed", "Ensemble size"]
-    header = list(first)
-    for m in table.metrics:
-        header.append(m.label)
-        if table.compare:
-            header.append("paper")
-    header.append("Status")
-    out = []
-    previous: Group | None = None
-    for r in table.rows:
-        seed = "" if r.seed is None else str(r.seed)
-        label = r.label if (repeat_group or r.group != previous) else ""
-        previous = r.group
-        cells = [label, seed] if table.kind == "table1" else [seed, r.label]
-        for m in table.metrics:
-            cells.append(fmt(r.values[m.key], m.digits))
-            if table.compare:
-                cells.append(fmt((r.paper or {}).get(m.key), m.digits))
-        cells.append("" if r.status == "finished" else r.status)
-        out.append(cells)
-    return header, out
-
-
-def _mean_std(s: Summary | None, digits: int) -> str:
-    if s is None or s.n == 0:
-        return ""
-    if s.n < 2:
-        return fmt(s.mean, digits)
-    return f"{fmt(s.mean, digits)} ± {fmt(s.std, digits)}"
-
-
-def _ci(s: Summary | None, digits: int) -> str:
-    if s is None or s.n < 2:
-        return ""
-    return f"[{fmt(s.ci_low, digits)}, {fmt(s.ci_high, digits)}]"
-
-
-def stats_matrix(table: ResultTable) -> tuple[list[str], list[list[str]]]:
-    """Per group and metric: n, mean ± std, 95% CI, (published), paired test vs reference."""
-    group_col = "Model" if table.kind == "table1" else "Ensemble size"
-    ci = f"{int(CONFIDENCE * 100)}% CI"
-    header = [group_col, "Metric", "n", "Mean ± std", ci]
-    if table.compare:
-        header += ["Paper mean ± std", f"Paper {ci}"]
-    ref = table.reference or "reference"
-    header += [f"Δ vs {ref}", "pairs", "t", "p"]
-    out = []
-    for g in table.stats:
-        d = g.metric.digits
-        cells = [g.label, g.metric.label, str(g.summary.n), _mean_std(g.summary, d),
-                 _ci(g.summary, d)]
-        if table.compare:
-            cells += [_mean_std(g.paper, d), _ci(g.paper, d)]
-        if g.test is None:
-            cells += ["", "", "", ""]
-        else:
-            t = g.test
-            cells += [fmt(t.mean_diff, d), str(t.n), fmt(t.t, 3), fmt_p(t.p)]
-        out.append(cells)
-    return header, out
-
-
-def to_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def esc(c: str) -> str:
-        return c.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                "^": r"\textasciicircum{}"}
-
-
-def tex_escape(text: str) -> str:
-    out = "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
-    return out.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
-
-
-def to_latex(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str) -> str:
-    """A booktabs ``table`` with a ``tabular`` (first two columns left-aligned)."""
-    spec = "".join("l" if i < 2 else "r" for i in range(len(header)))
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{tex_escape(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
-             r"\toprule", " & ".join(tex_escape(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def rows_csv(tables: Sequence[ResultTable]) -> str:
-    """Every row of every variant, values at full precision (the machine-readable table)."""
-    if not tables:
-        return ""
-    t0 = tables[0]
-    group_col = "model" if t0.kind == "table1" else "ensemble_size"
-    header = ["variant", group_col, "label", "seed", "status"]
-    for m in t0.metrics:
-        header.append(m.key)
-        if t0.compare:
-            header.append(f"paper_{m.key}")
-    header.append("run_dir")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for t in tables:
-        for r in t.rows:
-            cells: list[Any] = [t.variant, r.group, r.label, r.seed, r.status]
-            for m in t.metrics:
-                cells.append(_num(r.values[m.key]))
-                if t.compare:
-                    cells.append(_num((r.paper or {}).get(m.key)))
-            cells.append(str(r.path) if r.path else "")
-            w.writerow(cells)
-    return buf.getvalue()
-
-
-def stats_csv(tables: Sequence[ResultTable]) -> str:
-    """Per variant, group and metric: n, mean, std, CI, paired test (and the paper's)."""
-    header = ["variant", "group", "label", "metric", "n", "mean", "std", "ci_low", "ci_high",
-              "reference", "pairs", "mean_diff", "t", "p", "paper_n", "paper_mean",
-              "paper_std", "paper_ci_low", "paper_ci_high"]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for t in tables:
-        for g in t.stats:
-            s, te, p = g.summary, g.test, g.paper
-            w.writerow([t.variant, g.group, g.label, g.metric.key, s.n, _num(s.mean),
-                        _num(s.std), _num(s.ci_low), _num(s.ci_high),
-                        t.reference if te else "", te.n if te else "",
-                        _num(te.mean_diff) if te else "", _num(te.t) if te else "",
-                        _num(te.p) if te else "", p.n if p else "", _num(p.mean) if p else "",
-                        _num(p.std) if p else "", _num(p.ci_low) if p else "",
-                        _num(p.ci_high) if p else ""])
-    return buf.getvalue()
-
-
-def _num(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return ""
-    return repr(float(v))
