@@ -196,11 +196,13 @@ def evaluate(trainer: Any, module: Any, dm: Any, ckpt: str | None, split: str
     module.eval_split = split
     try:
         if split == "val":
-            trainer.test(module, dataloaders=dm.val_dataloader(), ckpt_path=ckpt, verbose=False)
-        else:
-            trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+            # Through the DataModule, whose on_after_batch_transfer normalises the uint8
+            # images (a bare val loader skips it); its test loader reads the val split here.
+            dm.test_dataloader = dm.val_dataloader
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
     finally:
         module.eval_split = "test"
+        vars(dm).pop("test_dataloader", None)
     return dict(module.test_results)
 
 
