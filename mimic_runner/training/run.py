@@ -24,6 +24,7 @@ from mimic_runner.errors import UserError
 from mimic_runner.io import atomic_path
 from mimic_runner.log import stdout
 from mimic_runner.rundir import RunDir
+from mimic_runner.training.tracking import log_results
 
 # torch and Lightning are imported where a run trains: the launching process (which only
 # hosts the sweep summary) and skipped jobs then start in a fraction of the time.
@@ -164,6 +165,7 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
     if earlier and rd.csv_log.exists():
         write_csv_rows(rd.csv_log, merge_epoch_logs(earlier, read_csv_rows(rd.csv_log)))
     rd.write_metrics(metrics)
+    log_results(trainer.loggers, cfg, metrics)  # MLflow, W&B: config + metrics.json
     return metrics
 
 
@@ -309,5 +311,6 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any] | None) -> float | 
         return None
     key = str(cfg.get("optimized_metric") or "")
     value = metrics.get(key)
-    return float(value) if value is not None else None
+    # NaN is no result: Optuna's sweeper stops on one; None fails the trial and goes on.
+    return float(value) if value is not None and math.isfinite(value) else None
 
