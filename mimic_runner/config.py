@@ -22,8 +22,9 @@ from mimic_runner.errors import UserError
 from mimic_runner.paths import conf_dir, sweeps_dir
 
 # Overrides that choose where or how a job runs, never what it computes: they stay out of the
-# run folder's name, so changing them (cluster partition, parallel jobs) finds the same runs.
-_NOT_IN_DIRNAME = ("launcher.", "hydra.")
+# run folder's name, so changing them (cluster partition, parallel jobs, the tracking server)
+# finds the same runs.
+_NOT_IN_DIRNAME = ("launcher.", "hydra.", "logger.")
 
 # launcher option -> (Hydra plugin module, pip package)
 LAUNCHER_PLUGINS = {
@@ -31,6 +32,12 @@ LAUNCHER_PLUGINS = {
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
 }
+# hydra/sweeper option -> (pip package, the extra that installs it)
+SWEEPER_PLUGINS = {"optuna": ("hydra-optuna-sweeper", "tuning")}
+# logger factory (conf/logger/*.yaml `_target_` ends with it) -> (option, package)
+TRACKER_PACKAGES = {"mlflow_logger": ("mlflow", "mlflow"), "wandb_logger": ("wandb", "wandb")}
+# The values every run records without explain.val_explanations (a sweeper may optimise them).
+_PLAIN_VAL_METRICS = ("val/acc", "val/auroc", "val/loss")
 
 
 def split_overrides(joined: str) -> list[str]:
@@ -265,10 +272,9 @@ def preflight(argv: Sequence[str]) -> None:
     first = []
     for o in parsed:
         if o.is_sweep_override():
-            try:
-                value = next(iter(o.sweep_string_iterator()))
-            except (StopIteration, HydraException, TypeError, ValueError):
-                continue  # an interval or a sweeper-only expression: left to the sweeper
+            value = _first_value(o)
+            if value is None:
+                continue  # a sweeper-only expression: left to the sweeper
             first.append(f"{o.get_key_element()}={value}")
         else:
             first.append(o.input_line)
@@ -277,6 +283,62 @@ def preflight(argv: Sequence[str]) -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_composition_error(exc)) from None
     validate(cfg)
+    check_trackers(cfg)
+    if "-m" in argv or "--multirun" in argv:
+        check_optimized_metric(cfg)
+
+
+def _first_value(o: Any) -> str | None:
+    """The value of a sweep override that the first job gets: the first of a list or range, the
+    lower end of an Optuna interval (``interval(1, 100)``, ``tag(log, interval(...))``, a whole
+    number as an integer); None for what only a sweeper understands."""
+    from hydra.core.override_parser.types import IntervalSweep
+    from hydra.errors import HydraException
+
+    value = o.value()
+    if isinstance(value, IntervalSweep):
+        start = value.start
+        if isinstance(start, float) and start.is_integer():
+            start = int(start)
+        return None if start is None else str(start)
+    try:
+        return str(next(iter(o.sweep_string_iterator())))
+    except (StopIteration, HydraException, TypeError, ValueError):
+        return None
+
+
+def check_trackers(cfg: DictConfig) -> None:
+    """``logger=mlflow|wandb`` without its package: one line naming the extra, before a run
+    trains (Lightning would raise only when the Trainer is built)."""
+    node = cfg.get("logger")
+    if not node:
+        return
+    nodes = [node] if "_target_" in node else [c for c in node.values() if c]
+    for c in nodes:
+        name = str(c.get("_target_", "")).rsplit(".", 1)[-1]
+        if name not in TRACKER_PACKAGES:
+            continue
+        option, package = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f"logger={option} needs the '{package}' package; install the "
+                            "tracking extra: pip install 'mimic-runner[tracking]'")
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """A sweeper optimises what each job returns, ``metrics[optimized_metric]``: it must be a
+    validation value (choosing settings by a test value would leak the test split into the
+    results reported on it), and one the runs record."""
+    key = cfg.get("optimized_metric")
+    if key is None:
+        return  # the jobs return nothing: a plain grid (the basic sweeper ignores it)
+    key = str(key)
+    if not key.startswith("val/"):
+        raise UserError(f"optimized_metric={key}: a sweeper may only optimise a validation "
+                        "value (val/acc, val/auroc, val/objective, ...), never a test one")
+    plain = key in _PLAIN_VAL_METRICS or key.startswith("val/acc_member_")
+    if not plain and not OmegaConf.select(cfg, "explain.val_explanations", default=False):
+        raise UserError(f"optimized_metric={key} is computed only with "
+                        "explain.val_explanations=true (the validation split explained)")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -286,6 +348,14 @@ def _first_line(exc: BaseException) -> str:
 
 def _composition_error(exc: BaseException) -> str:
     msg = _first_line(exc)
+    m = re.search(r"Could not find 'hydra/sweeper/([^']+)'", msg)
+    if m and m.group(1) in SWEEPER_PLUGINS:
+        package, extra = SWEEPER_PLUGINS[m.group(1)]
+        where = re.search(r"In '(?:sweep/)?([^']+)'", msg)
+        what = f"sweep={where.group(1)}" if where and "/" not in where.group(1) else \
+            f"hydra/sweeper={m.group(1)}"
+        return (f"{what} needs the Hydra plugin '{package}'; install the {extra} extra: "
+                f"pip install 'mimic-runner[{extra}]'")
     m = re.search(r"Could not override '([^']+)'", msg)
     if m:
         return (f"{m.group(1)}: no such config key; check its spelling (`mimic-run --cfg job` "

@@ -133,24 +133,28 @@ def wandb_logger(run_dir: str, project: str = "mimic-runner", name: str | None =
 
 # -- the end of a run ---------------------------------------------------------------------------
 
-def config_params(cfg: DictConfig) -> dict[str, str]:
-    """The composed config as flat ``section.key`` → string parameters (the names of Hydra's
-    overrides: ``model.lambda_consistency``); values in YAML/JSON spelling (``true``, ``null``,
-    ``[1, 6]``). A value that cannot be resolved outside its Hydra job keeps its ``${...}``."""
-    out: dict[str, str] = {}
+def config_params(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as flat ``section.key`` → value parameters (the names of Hydra's
+    overrides: ``model.lambda_consistency``); lists stay lists. A value that cannot be resolved
+    outside its Hydra job keeps its ``${...}``."""
+    out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, DictConfig):
             for key in node:
                 walk(_child(node, key), f"{prefix}{key}.")
-            return
-        key = prefix[:-1]
-        value = OmegaConf.to_container(node, resolve=False) if isinstance(node, ListConfig) \
-            else node
-        out[key] = value if isinstance(value, str) else json.dumps(value, default=str)
+        elif isinstance(node, ListConfig):
+            out[prefix[:-1]] = OmegaConf.to_container(node, resolve=False)
+        else:
+            out[prefix[:-1]] = node
 
     walk(cfg, "")
     return out
+
+
+def _text(value: Any) -> str:
+    """A parameter as MLflow stores it (text), in YAML/JSON spelling: true, null, [1, 6]."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def _child(node: DictConfig, key: Any) -> Any:
@@ -221,7 +225,7 @@ def _log_mlflow(logger: Any, cfg: DictConfig, metrics: Mapping[str, Any]) -> Non
     entries += [Metric(k, v, now, i + 1) for k, vs in series.items() for i, v in enumerate(vs)]
     for chunk in _chunks(entries, _BATCH_METRICS):
         client.log_batch(run_id, metrics=chunk)
-    params = [Param(k, v[:_PARAM_CHARS]) for k, v in config_params(cfg).items()]
+    params = [Param(k, _text(v)[:_PARAM_CHARS]) for k, v in config_params(cfg).items()]
     for chunk in _chunks(params, _BATCH_PARAMS):
         client.log_batch(run_id, params=chunk)
     tags = [RunTag(k, v) for k, v in run_tags(metrics).items()]
