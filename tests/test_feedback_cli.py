@@ -128,8 +128,10 @@ def test_a_retrained_run_never_serves_new_weights_as_version_1(
     code, out, err = _cli(capsys, "status", str(run), "--json", "--fresh")
     assert code == 0, err
     assert "old workspace is now" in err and "feedback.stale-" in err
-    assert f'"sha256": "{sha256_file(ckpt)}"' in out
-    assert len(list(run.glob("feedback.stale-*"))) == 1
+    assert f'"sha256": "{sha256_file(ckpt)}"' in out  # version 1 is the new checkpoint
+    assert '"n_rois": 0' in out  # a new workspace
+    (aside,) = run.glob("feedback.stale-*")  # the old one, kept whole
+    assert (aside / "feedback.sqlite").exists() and (aside / "versions" / "v0001.ckpt").exists()
 
 
 @pytest.mark.slow

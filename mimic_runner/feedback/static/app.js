@@ -996,7 +996,8 @@ function settingsOf(v) {
   const p = v.params || {};
   if (p.gamma === undefined) return { short: "the trained run", long: `the run's checkpoint${p.source ? ` (${p.source})` : ""}` };
   const trainWords = { all: "whole model", attention: "where it looks", perception: "how it classifies" };
-  const short = `strength ${p.gamma} · ${p.epochs} pass${p.epochs > 1 ? "es" : ""}`;
+  const part = p.train && p.train !== "all" ? ` · only ${trainWords[p.train] || p.train}` : "";
+  const short = `strength ${p.gamma} · ${p.epochs} pass${p.epochs > 1 ? "es" : ""}${part}`;
   const long = `feedback strength (γ) ${p.gamma}; training passes (epochs) ${p.epochs}; learning rate ${p.lr}; ` +
     `retrained: ${trainWords[p.train] || p.train}; correction: ${p.mode}; batches per pass: ${p.max_batches || "all"}; ` +
     `seed ${p.seed}; from ${p.feedback_rois} regions on ${p.feedback_images} images`;
