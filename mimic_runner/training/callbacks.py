@@ -120,14 +120,25 @@ class WindowedModelCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint whose "best" is chosen only among epochs >= ``select_after``
     (an epoch count, or a fraction of ``max_epochs``), the same window for every model — so a
     checkpoint from inside an explanation ensemble's warm-up, when its consistency term was
-    never active, cannot be the one tested. ``last.ckpt`` is kept every epoch as before."""
+    never active, cannot be the one tested. ``last.ckpt`` is written every epoch."""
 
     def __init__(self, *args: Any, select_after: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.select_after = float(select_after)
+        self._last_written_step = -1
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]
                               ) -> None:
-        if trainer.current_epoch < epochs_from(self.select_after, trainer.max_epochs):
+        if trainer.current_epoch >= epochs_from(self.select_after, trainer.max_epochs):
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+        # Lightning (2.6) writes last.ckpt only in a step that saved a top-k checkpoint: never
+        # before the window, nor in an epoch that did not improve. A run stopped then (killed,
+        # or requeued or timed out on SLURM) resumed from an older epoch or from nothing.
+        self._save_last_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]
+                              ) -> None:
+        if self._last_written_step == trainer.global_step:  # once a step, not twice
             return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        self._last_written_step = trainer.global_step
+        super()._save_last_checkpoint(trainer, monitor_candidates)
