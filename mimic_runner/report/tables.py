@@ -328,9 +328,11 @@ def _group_stats(rows: Sequence[Row], kind: str, metrics: Sequence[Metric],
                              if pgrp == pg and m.key in v]
                 psum = summarize(published) if published else None
             claim = None
-            if kind == "table1" and g == CLAIM[0] and CLAIM[1] in groups:
+            model, at, size = str(g).partition("@")
+            partner = f"{CLAIM[1]}{at}{size}"  # the normal ensemble of the same size
+            if kind == "table1" and model == CLAIM[0] and partner in map(str, groups):
                 other = {r.seed: r.values[m.key] for r in rows
-                         if r.group == CLAIM[1] and r.seed is not None}
+                         if str(r.group) == partner and r.seed is not None}
                 claim = paired_test(by_seed, other)
             out.append(GroupStats(group=g, label=group_label(g, kind), metric=m,
                                   summary=summarize(by_seed.values()), test=test, paper=psum,
