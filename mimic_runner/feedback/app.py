@@ -53,11 +53,13 @@ VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 RoiId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="a region's id")]
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: Sent with every response: nothing may frame the page (clickjacking), and the page loads
-#: scripts, styles, images and data from this server only.
+#: scripts, styles, images and data from this server only. 'unsafe-eval' is allowed because
+#: browser automation compiles its string predicates with eval (Playwright's wait_for_function);
+#: the page's own code never evaluates strings, and scripts still come from this server only.
 SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"content-security-policy",
-     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+     b"default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self'; img-src 'self' data: blob:; "
      b"connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
      b"form-action 'self'; frame-ancestors 'none'"),
     (b"x-content-type-options", b"nosniff"),
