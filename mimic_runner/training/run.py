@@ -7,6 +7,7 @@ exit status 2; in a sweep a failed run is recorded in ``failed.json`` and the ot
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -14,13 +15,15 @@ import shutil
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.table import Table
 
-from mimic_runner.errors import UserError
+from mimic_runner.errors import RunInUse, UserError, no_room, no_room_message
 from mimic_runner.io import atomic_path
 from mimic_runner.log import stdout
 from mimic_runner.rundir import RunDir
@@ -69,6 +72,9 @@ def _quiet_lightning() -> None:
         for h in list(lightning.handlers):
             if type(h) is logging.StreamHandler:
                 lightning.removeHandler(h)
+    # On a machine with SLURM installed Lightning warns on every run that `srun` is not used;
+    # submitit launches our jobs itself (launcher=slurm), so the hint only misleads.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
     # Lightning 2.6's own use of a deprecated torch pytree API, warned on every Trainer.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
@@ -77,7 +83,9 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
                    ) -> dict[str, Any]:
     """Fit and test one model in ``run_dir``; write and return ``metrics.json``'s content.
 
-    ``devices`` overrides ``trainer.devices`` (the GPU slot a launcher gave this job).
+    ``devices`` overrides ``trainer.devices`` (the GPU slot a launcher gave this job). Nothing in
+    the folder changes until everything is built: a resume first checks its checkpoint, and a
+    new run removes an earlier run's checkpoints only right before it trains.
     """
     import lightning as L
 
@@ -92,18 +100,8 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
 
     rd = RunDir(run_dir)
     t_start = time.perf_counter()
-    ckpt_path = None
-    if wants_resume(cfg) and rd.last_checkpoint.exists():
-        ckpt_path = str(rd.last_checkpoint)
-        log.info("resuming from %s", rd.last_checkpoint)
-    elif rd.checkpoints.exists():
-        if rd.last_checkpoint.exists():
-            log.warning("%s: an interrupted run left %s; starting over (pass resume=true to "
-                        "continue it instead)", run_dir, rd.last_checkpoint.name)
-        shutil.rmtree(rd.checkpoints)  # stale checkpoints of an earlier run in this folder
-    if ckpt_path is None:
-        rd.explanations.unlink(missing_ok=True)
-        rd.member_cams.unlink(missing_ok=True)
+    ckpt_path = resume_checkpoint(cfg, rd)
+    rd.failed.unlink(missing_ok=True)  # an earlier attempt's record: this one starts now
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
@@ -111,11 +109,30 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
     module = build_module(cfg, dm)
     trainer = build_trainer(cfg, run_dir, module, devices=devices, loggers=build_loggers(cfg))
 
-    # Lightning's CSV logger deletes an existing metrics.csv; a resumed run keeps its history.
-    earlier = read_csv_rows(rd.csv_log) if ckpt_path is not None else []
+    if ckpt_path is not None:
+        log.info("resuming from %s", rd.last_checkpoint)
+    else:
+        start_over(rd)
+    # Lightning's CSV logger deletes an existing metrics.csv when it starts; a resumed run
+    # merges its history back, even when it fails or is interrupted.
+    history = _History(rd) if ckpt_path is not None else None
 
+    try:
+        metrics = _fit_and_test(cfg, rd, dm, module, trainer, ckpt_path)
+    finally:
+        if history is not None:
+            history.restore()
+    metrics["wall_seconds"] = round(time.perf_counter() - t_start, 3)
+    rd.write_metrics(metrics)
+    log_results(trainer.loggers, cfg, metrics)  # MLflow, W&B: config + metrics.json
+    return metrics
+
+
+def _fit_and_test(cfg: DictConfig, rd: RunDir, dm: Any, module: Any, trainer: Any,
+                  ckpt_path: str | None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    with _interrupts(trainer):
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - t0
     if trainer.interrupted:
         raise KeyboardInterrupt
@@ -125,7 +142,9 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
     tested = tested_checkpoint(trainer, rule)
     metrics: dict[str, Any] = {}
     # Validation scores of the tested checkpoint (forward passes only): what sweepers optimise.
-    for row in trainer.validate(module, datamodule=dm, ckpt_path=tested, verbose=False):
+    with _interrupts(trainer):
+        rows = trainer.validate(module, datamodule=dm, ckpt_path=tested, verbose=False)
+    for row in rows:
         metrics.update({k: _scalar(v) for k, v in row.items() if k.startswith("val/")})
     if cfg.explain.get("val_explanations"):
         metrics.update(evaluate(trainer, module, dm, tested, split="val"))
@@ -150,7 +169,6 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
         "nss_variant": module.evaluation.nss_variant_used,
         "train_seconds": round(train_seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
-        "wall_seconds": round(time.perf_counter() - t_start, 3),
         "epochs": int(trainer.current_epoch),
         "test_checkpoint": rule,
         "tested_epoch": checkpoint_epoch(tested),
@@ -159,14 +177,138 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
                             if getattr(trainer.checkpoint_callback, "best_model_path", "")
                             else None),
         "tested_checkpoint_path": str(Path(tested).resolve()) if tested else None,
-        "run_dir": str(Path(run_dir).resolve()),
+        "run_dir": str(rd.path.resolve()),
         "device": str(module.device),
     })
-    if earlier and rd.csv_log.exists():
-        write_csv_rows(rd.csv_log, merge_epoch_logs(earlier, read_csv_rows(rd.csv_log)))
-    rd.write_metrics(metrics)
-    log_results(trainer.loggers, cfg, metrics)  # MLflow, W&B: config + metrics.json
     return metrics
+
+
+def check_run_folder(cfg: DictConfig, multirun: bool) -> None:
+    """Before Hydra writes anything: the run folder (a sweep's folder) can be written, and a
+    single run's folder is not in use by another run and, for ``resume=true``, holds a
+    readable ``last.ckpt``. ``cfg`` is the composed config with its ``hydra`` node
+    (:func:`mimic_runner.config.preflight`); each job checks again under its lock."""
+    from mimic_runner.io import check_output_dir
+
+    hydra = cfg.get("hydra")
+    if hydra is None:
+        return
+    multirun = multirun or str(OmegaConf.select(cfg, "hydra.mode", default="")) == "MULTIRUN"
+    try:
+        folder = Path(str(hydra.sweep.dir if multirun else hydra.run.dir))
+    except OmegaConfBaseException:  # an interpolation only Hydra's runtime resolves
+        return
+    check_output_dir(folder, f"paths.runs_dir={OmegaConf.select(cfg, 'paths.runs_dir')}")
+    if multirun:
+        return
+    rd = RunDir(folder)
+    busy = rd.lock_holder()
+    if busy:
+        raise RunInUse(busy)
+    if not rd.metrics.exists():  # a finished run is skipped, whatever its checkpoint
+        resume_checkpoint(cfg, rd)
+
+
+def resume_checkpoint(cfg: DictConfig, rd: RunDir) -> str | None:
+    """The ``last.ckpt`` a ``resume=true`` run continues from (None: train from scratch).
+
+    An unreadable one is a :class:`UserError` raised before anything in the folder changes."""
+    if not (wants_resume(cfg) and rd.last_checkpoint.exists()):
+        return None
+    check_resumable(rd)
+    return str(rd.last_checkpoint)
+
+
+def check_resumable(rd: RunDir) -> None:
+    """Raise one line naming ``last.ckpt`` and what to do when it cannot be resumed from.
+
+    Reads the whole file (every zip member's CRC) and unpickles its index, much cheaper than
+    restoring it, so that a truncated or damaged file is refused before Lightning's loggers and
+    the clean-up of a fresh start have touched the run."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = rd.last_checkpoint
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise ValueError(f"damaged member {bad}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
+            raise ValueError("not a Lightning checkpoint")
+    except (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile,
+            pickle.UnpicklingError, AttributeError, ModuleNotFoundError) as exc:
+        reason = " ".join(str(exc).split())[:80] or type(exc).__name__
+        best = _readable_checkpoints(rd)
+        fix = (f"resume from the best checkpoint instead (cp '{best}' '{path}', then rerun "
+               "with resume=true), or start over" if best else "start over")
+        raise UserError(f"{path}: cannot resume, the checkpoint is unreadable ({reason}); "
+                        f"{fix} by rerunning without resume=true (this replaces the run's "
+                        "checkpoints); nothing in the run folder was changed") from None
+
+
+def _readable_checkpoints(rd: RunDir) -> str | None:
+    """The newest epoch checkpoint of the folder that opens as a zip archive, or None."""
+    import zipfile
+
+    for cand in sorted(rd.checkpoints.glob("epoch*.ckpt"), reverse=True):
+        try:
+            with zipfile.ZipFile(cand) as z:
+                if z.testzip() is None:
+                    return str(cand)
+        except (OSError, zipfile.BadZipFile, ValueError):
+            continue
+    return None
+
+
+def start_over(rd: RunDir) -> None:
+    """Remove what an earlier run in this folder left for a fresh start: its checkpoints (a
+    later resume must not pick them up) and its explanation files."""
+    if rd.checkpoints.exists():
+        if rd.last_checkpoint.exists():
+            log.warning("%s: an earlier run left %s; starting over (pass resume=true to "
+                        "continue it instead)", rd.path, rd.last_checkpoint.name)
+        shutil.rmtree(rd.checkpoints)
+    rd.explanations.unlink(missing_ok=True)
+    rd.member_cams.unlink(missing_ok=True)
+
+
+class _History:
+    """A resumed run's ``csv/metrics.csv`` as it was, put back when the run ends: the rows
+    before the epoch the run resumed at, then the new ones (or the original bytes when the run
+    logged nothing new)."""
+
+    def __init__(self, rd: RunDir) -> None:
+        self.path = rd.csv_log
+        self.raw = self.path.read_bytes() if self.path.is_file() else None
+        self.rows = read_csv_rows(self.path)
+
+    def restore(self) -> None:
+        if self.raw is None:
+            return
+        if self.path.is_file() and self.path.read_bytes() == self.raw:
+            return  # no logger rewrote it (logger=none, or a failure before it started)
+        new = read_csv_rows(self.path)
+        if not new:
+            with atomic_path(self.path) as tmp:
+                tmp.write_bytes(self.raw)
+            return
+        write_csv_rows(self.path, merge_epoch_logs(self.rows, new))
+
+
+@contextlib.contextmanager
+def _interrupts(trainer: Any) -> Iterator[None]:
+    """Ctrl+C inside ``trainer.fit/validate/test``: Lightning shuts down gracefully and then
+    calls ``sys.exit(1)``; turn that back into the KeyboardInterrupt it was (exit status 130)."""
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def tested_checkpoint(trainer: Any, rule: str) -> str | None:
@@ -274,22 +416,41 @@ def run_experiment(cfg: DictConfig, run_dir: Path, multirun: bool,
     the run's ``failed.json`` and None is returned, so that the other runs go on.
     """
     rd = RunDir(run_dir)
-    skip = cfg.skip_completed if cfg.skip_completed is not None else multirun
-    if rd.metrics.exists() and (skip or wants_resume(cfg)):
-        log.info("skip %s: metrics.json exists (finished run)", run_dir)
-        return rd.read_metrics()
-    rd.failed.unlink(missing_ok=True)
-    try:
-        metrics = train_and_test(cfg, run_dir, devices=devices)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        if not multirun:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(rd.locked())
+        except RunInUse as exc:
+            if not multirun:
+                raise
+            # Not recorded in failed.json: the folder belongs to the run that holds it.
+            log.error("skip %s", exc)
+            return None
+        skip = cfg.skip_completed if cfg.skip_completed is not None else multirun
+        if rd.metrics.exists() and (skip or wants_resume(cfg)):
+            log.info("skip %s: metrics.json exists (finished run)", run_dir)
+            return rd.read_metrics()
+        try:
+            metrics = train_and_test(cfg, run_dir, devices=devices)
+        except KeyboardInterrupt:
             raise
-        record_failure(run_dir, exc, cfg)
-        return None
+        except Exception as exc:
+            if no_room(exc) is not None:
+                exc = UserError(no_room_message(exc, where=_written_file(exc, rd)) +
+                                ", then continue the run with resume=true")
+                if not multirun:
+                    raise exc from None
+            if not multirun:
+                raise
+            record_failure(run_dir, exc, cfg)
+            return None
     print_summary(metrics, run_dir)
     return metrics
+
+
+def _written_file(exc: BaseException, rd: RunDir) -> str:
+    """The file a failed write names, else the run folder (a logger's write names none)."""
+    name = getattr(exc, "filename", None)
+    return str(name) if name else f"{rd.path} (a file in it)"
 
 
 def record_failure(run_dir: Path, exc: BaseException, cfg: DictConfig) -> None:
