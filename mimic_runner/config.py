@@ -75,7 +75,7 @@ def _local_n_jobs(n_jobs: int | None, jobs_per_gpu: int, threads_per_job: int | 
                   ) -> int:
     from mimic_runner.training.local_launcher import local_n_jobs
 
-    return local_n_jobs(n_jobs, int(jobs_per_gpu), threads_per_job=threads_per_job)
+    return local_n_jobs(n_jobs, jobs_per_gpu, threads_per_job=threads_per_job)
 
 
 def register() -> None:
@@ -284,6 +284,12 @@ def preflight(argv: Sequence[str]) -> None:
         raise UserError(_composition_error(exc)) from None
     validate(cfg)
     check_trackers(cfg)
+    if OmegaConf.select(cfg, "launcher.name") == "local":
+        # The launcher's job count is a resolver of the hydra node: a bad value would surface
+        # as a traceback when Hydra resolves it; checked here, it is one line.
+        launcher = cfg.launcher
+        _local_n_jobs(launcher.get("n_jobs"), launcher.get("jobs_per_gpu", 1),
+                      launcher.get("cpu_threads_per_job"))
     if "-m" in argv or "--multirun" in argv:
         check_optimized_metric(cfg)
 

@@ -39,8 +39,8 @@ def model_overrides(model: str, backbone: str, ensemble_size: int | None = None,
     """Hydra overrides selecting a model, backbone, memory format and (for ensembles) N and
     the strategy."""
     ov = [f"model={model}", f"backbone={backbone}"]
-    if channels_last:
-        ov.append("++model.channels_last=true")
+    # Always explicit: without it, small_cnn on the CPU gets channels-last by default.
+    ov.append(f"++model.channels_last={'true' if channels_last else 'false'}")
     if model in ENSEMBLES:
         if ensemble_size is not None:
             ov.append(f"model.ensemble_size={ensemble_size}")
