@@ -10,7 +10,7 @@ endif
 ARGS ?=
 
 .PHONY: install browser slurm-deps test test-fast test-all test-slurm lint format smoke run table1 table2 report \
-	bench clean
+	bench gpu-check clean
 
 install:
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x $(VENV)/bin/python ]; then $(PYTHON) -m venv $(VENV); fi
@@ -67,6 +67,12 @@ report:
 
 bench:
 	$(BIN)/mimic-bench $(ARGS)
+
+# Everything that needs a CUDA device, in under 10 minutes: the CUDA-only tests, mimic-bench on the
+# GPU and one timed Table 1 run, summed up in gpu-check/summary.{md,json} ($$OUT/gpu-check when OUT
+# is set). Without CUDA it prints one line and exits 0.
+gpu-check:
+	@$(BIN)/python scripts/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache test-artifacts
