@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mimic_runner.analysis.load import LoadedRun, load_run
-from mimic_runner.feedback.app import MAX_BODY, STATIC, create_app
+from mimic_runner.feedback.app import STATIC, create_app
+from mimic_runner.feedback.middleware import MAX_BODY
 from mimic_runner.feedback.runs import untrained_run
 from mimic_runner.feedback.session import FeedbackSession, state_sha256
 from mimic_runner.feedback.store import sha256_file
@@ -466,7 +467,7 @@ def test_non_utf8_and_odd_image_ids(client: TestClient) -> None:
 
 
 def test_any_loopback_host_serves_its_own_address(session: FeedbackSession) -> None:
-    from mimic_runner.feedback.app import allowed_hosts_for
+    from mimic_runner.feedback.middleware import allowed_hosts_for
 
     assert allowed_hosts_for("0.0.0.0") is None and allowed_hosts_for("192.168.1.4") is None
     for bind, host in (("127.0.0.2", "127.0.0.2:8000"), ("127.9.9.9", "127.9.9.9"),

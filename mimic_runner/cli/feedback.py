@@ -118,7 +118,8 @@ def _versions_table(status: dict[str, Any]) -> Table:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from mimic_runner.feedback.app import allowed_hosts_for, create_app
+    from mimic_runner.feedback.app import create_app
+    from mimic_runner.feedback.middleware import allowed_hosts_for
 
     token = args.token
     loopback = _is_loopback(args.host)

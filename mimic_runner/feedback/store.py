@@ -30,6 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from mimic_runner.errors import UserError
+from mimic_runner.feedback.decisions import VersionDecisions
+from mimic_runner.feedback.errors import (
+    FeedbackConflict,
+    FeedbackInvalid,
+    FeedbackNotFound,
+)
+from mimic_runner.feedback.errors import known_id as _known_id
 from mimic_runner.feedback.roi import ROI, validate_roi
 
 SCHEMA_VERSION = 1
@@ -71,28 +78,6 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-class FeedbackConflict(UserError):
-    """The request is well-formed but the store's state forbids it (HTTP 409)."""
-
-
-class FeedbackNotFound(UserError):
-    """The named region, version or image does not exist (HTTP 404)."""
-
-
-class FeedbackInvalid(UserError):
-    """A region or parameter is malformed (HTTP 422)."""
-
-
-MAX_ID = 2**63 - 1  # SQLite's largest integer
-
-
-def _known_id(what: str, value: int) -> int:
-    """An id SQLite can look up; out of range is "does not exist", never an OverflowError."""
-    if not isinstance(value, int) or not 1 <= value <= MAX_ID:
-        raise FeedbackNotFound(f"{what} {value} does not exist")
-    return value
-
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -124,7 +109,7 @@ def roi_from_row(row: dict[str, Any]) -> ROI:
                weight=float(row["weight"]), meta={"id": row["id"]})
 
 
-class FeedbackStore:
+class FeedbackStore(VersionDecisions):
     """SQLite store at ``path``; checkpoint paths are stored relative to ``path.parent``."""
 
     def __init__(self, path: str | Path) -> None:
@@ -302,11 +287,6 @@ class FeedbackStore:
         d["current"] = d["id"] == current
         return d
 
-    @staticmethod
-    def _current_id(conn: sqlite3.Connection) -> int | None:
-        row = conn.execute("SELECT value FROM meta WHERE key='current_version'").fetchone()
-        return int(row[0]) if row else None
-
     def current(self) -> dict[str, Any]:
         with self.read() as conn:
             vid = self._current_id(conn)
@@ -397,146 +377,6 @@ class FeedbackStore:
             self._event(conn, author, "candidate", {"version": vid, "parent": parent,
                                                     "sha256": digest, "discarded": old})
             return self.version_in(conn, vid)
-
-    def accept(self, version_id: int | None = None, author: str = "") -> dict[str, Any]:
-        """Make the (given or pending) candidate the current version."""
-        with self.write() as conn:
-            if version_id is None:
-                row = conn.execute("SELECT id FROM versions WHERE status='candidate' "
-                                   "ORDER BY id DESC LIMIT 1").fetchone()
-                if row is None:
-                    raise FeedbackConflict("there is no candidate to accept; retrain first")
-                version_id = int(row[0])
-            _known_id("version", version_id)
-            row = conn.execute("SELECT * FROM versions WHERE id=?", (version_id,)).fetchone()
-            if row is None:
-                raise FeedbackNotFound(f"version {version_id} does not exist")
-            if row["status"] != "candidate":
-                raise FeedbackConflict(f"version {version_id} is {row['status']}, not a "
-                                       "candidate; only a candidate can be accepted")
-            current = self._current_id(conn)
-            if row["parent"] != current:
-                raise FeedbackConflict(f"candidate {version_id} was trained from version "
-                                       f"{row['parent']} but version {current} is current; "
-                                       "retrain")
-            conn.execute("UPDATE versions SET status='accepted' WHERE id=?", (version_id,))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)",
-                         (str(version_id),))
-            self._event(conn, author, "accept", {"version": version_id, "previous": current})
-            return self.version_in(conn, version_id)
-
-    def rollback(self, author: str = "") -> dict[str, Any]:
-        """Discard the pending candidate, or else return to the previous accepted version.
-
-        Returns ``{"rolled_back": <version>, "current": <version>}``.
-        """
-        with self.write() as conn:
-            cand = conn.execute("SELECT id FROM versions WHERE status='candidate' "
-                                "ORDER BY id DESC LIMIT 1").fetchone()
-            current = self._current_id(conn)
-            if cand is not None:
-                undone = int(cand[0])
-                conn.execute("UPDATE versions SET status='rolled_back' WHERE id=?", (undone,))
-            else:
-                row = conn.execute("SELECT parent FROM versions WHERE id=?",
-                                   (current,)).fetchone()
-                parent = row["parent"] if row else None
-                while parent is not None:
-                    p = conn.execute("SELECT id, parent, status FROM versions WHERE id=?",
-                                     (parent,)).fetchone()
-                    if p["status"] == "accepted":
-                        break
-                    parent = p["parent"]
-                if parent is None:
-                    raise FeedbackConflict(f"nothing to roll back: version {current} is the "
-                                           "first accepted version and no candidate is pending")
-                undone = int(current)  # type: ignore[arg-type]
-                conn.execute("UPDATE versions SET status='rolled_back' WHERE id=?", (undone,))
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)",
-                             (str(parent),))
-                current = int(parent)
-            self._event(conn, author, "rollback", {"rolled_back": undone, "current": current})
-            return {"rolled_back": self.version_in(conn, undone),
-                    "current": self.version_in(conn, int(current))}  # type: ignore[arg-type]
-
-
-    def discard(self, author: str = "") -> dict[str, Any]:
-        """Discard the pending candidate (it stays in the history as ``rolled_back``).
-
-        Returns ``{"rolled_back": <version>, "current": <version>}``; 409 without a candidate.
-        """
-        with self.write() as conn:
-            cand = conn.execute("SELECT id FROM versions WHERE status='candidate' "
-                                "ORDER BY id DESC LIMIT 1").fetchone()
-            if cand is None:
-                raise FeedbackConflict("there is no candidate to discard")
-            undone = int(cand[0])
-            current = int(self._current_id(conn) or 1)
-            conn.execute("UPDATE versions SET status='rolled_back' WHERE id=?", (undone,))
-            self._event(conn, author, "discard", {"rolled_back": undone, "current": current})
-            return {"rolled_back": self.version_in(conn, undone),
-                    "current": self.version_in(conn, current)}
-
-    @staticmethod
-    def _revert_targets(conn: sqlite3.Connection) -> list[int]:
-        """The accepted ancestors of the current version, nearest first."""
-        current = FeedbackStore._current_id(conn)
-        row = conn.execute("SELECT parent FROM versions WHERE id=?", (current,)).fetchone()
-        parent = row["parent"] if row else None
-        found: list[int] = []
-        while parent is not None:
-            p = conn.execute("SELECT id, parent, status FROM versions WHERE id=?",
-                             (parent,)).fetchone()
-            if p is None:
-                break
-            if p["status"] == "accepted":
-                found.append(int(p["id"]))
-            parent = p["parent"]
-        return found
-
-    def revert_targets(self) -> list[int]:
-        """Versions :meth:`revert` accepts: the accepted ancestors of the current version."""
-        with self.read() as conn:
-            return self._revert_targets(conn)
-
-    def revert(self, version_id: int, author: str = "") -> dict[str, Any]:
-        """Make an earlier accepted version (an ancestor of the current one) current again.
-
-        The versions after it on the current line, and a pending candidate, become
-        ``rolled_back`` (kept, viewable, never deleted). Returns ``{"rolled_back": [ids],
-        "current": <version>}``.
-        """
-        _known_id("version", version_id)
-        with self.write() as conn:
-            row = conn.execute("SELECT id, status FROM versions WHERE id=?",
-                               (version_id,)).fetchone()
-            if row is None:
-                raise FeedbackNotFound(f"version {version_id} does not exist")
-            current = int(self._current_id(conn) or 1)
-            if version_id == current:
-                raise FeedbackConflict(f"version {version_id} is already the version in use")
-            targets = self._revert_targets(conn)
-            if version_id not in targets:
-                raise FeedbackConflict(
-                    f"version {version_id} ({row['status'].replace('_', ' ')}) is not an "
-                    f"earlier accepted version of version {current}; revert to one of "
-                    f"{', '.join(map(str, targets)) or 'none (nothing to revert to)'}")
-            undone: list[int] = []
-            vid: int | None = current
-            while vid is not None and vid != version_id:
-                undone.append(vid)
-                vid = conn.execute("SELECT parent FROM versions WHERE id=?",
-                                   (vid,)).fetchone()["parent"]
-            undone += [int(r[0]) for r in conn.execute(
-                "SELECT id FROM versions WHERE status='candidate'")]
-            marks = ",".join("?" * len(undone))
-            conn.execute(f"UPDATE versions SET status='rolled_back' WHERE id IN ({marks})",
-                         undone)
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)",
-                         (str(version_id),))
-            self._event(conn, author, "revert", {"current": version_id, "previous": current,
-                                                 "rolled_back": sorted(undone)})
-            return {"rolled_back": sorted(undone), "current": self.version_in(conn, version_id)}
 
 
 def publish_new(tmp: Path, dest: Path) -> None:

@@ -57,7 +57,8 @@ def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[dict[str, Any]]:
     import uvicorn
 
-    from mimic_runner.feedback.app import allowed_hosts_for, create_app
+    from mimic_runner.feedback.app import create_app
+    from mimic_runner.feedback.middleware import allowed_hosts_for
     from mimic_runner.feedback.session import FeedbackSession
 
     ws = tmp_path_factory.mktemp("e2e-ws") / "ws"
