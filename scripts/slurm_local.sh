@@ -232,7 +232,11 @@ stop_all() {
             log "cancelling jobs: $jobs"
             # shellcheck disable=SC2086
             scancel $jobs 2>/dev/null || true
-            wait_for 15 "jobs gone" bash -c '[ -z "$(squeue -h -t R,CG -o %A 2>/dev/null)" ]' \
+            # A job step that ignores SIGTERM gets SIGKILL KillWait seconds later.
+            local killwait
+            killwait=$(sed -n 's/^KillWait=//p' "$CONF")
+            wait_for $((${killwait:-30} + 10)) "jobs gone" \
+                bash -c '[ -z "$(squeue -h -t R,CG -o %A 2>/dev/null)" ]' \
                 || log "jobs still ending; stopping the daemons anyway"
         fi
     fi
