@@ -187,12 +187,13 @@ def check_group_options(argv: Sequence[str]) -> None:
                                 f"choose one of {', '.join(sorted(options))}")
 
 
-def check_argv(argv: Sequence[str]) -> None:
+def check_argv(argv: Sequence[str]) -> DictConfig:
     """Every check of a ``mimic-run`` command line before Hydra starts: launcher plugins,
-    config-group options, then the composed config itself (:func:`preflight`)."""
+    config-group options, then the composed config itself (:func:`preflight`), which is
+    returned (with its ``hydra`` node: the run folder and the mode)."""
     check_launcher_plugin(argv)
     check_group_options(argv)
-    preflight(argv)
+    return preflight(argv)
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -239,6 +240,12 @@ def validate(cfg: DictConfig) -> None:
     lam = OmegaConf.select(cfg, "model.lambda_consistency", default=0.0)
     if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
         raise UserError(f"model.lambda_consistency={lam}: use a number >= 0")
+    # A string such as resume=maybe would be truthy and silently resume.
+    for key, allow_none in (("resume", False), ("skip_completed", True)):
+        value = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(value, bool) and not (value is None and allow_none):
+            raise UserError(f"{key}={value}: use true or false"
+                            + (" (or null for the default)" if allow_none else ""))
 
 
 # Flags of Hydra's command line that take a value (everything else without "=" is a flag).
@@ -246,10 +253,38 @@ _VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", 
                 "--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun")
 
 
-def preflight(argv: Sequence[str]) -> None:
+_INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def flags_first(argv: Sequence[str]) -> list[str]:
+    """``argv`` with Hydra's flags (and their values) before the overrides: Hydra's parser
+    takes the overrides as one positional list, so ``a=1 -m b=1,2`` would be refused with a
+    usage block ("unrecognized arguments: b=1,2")."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        elif arg in ("--info", "-i"):
+            flags.append(arg)
+            if i + 1 < len(argv) and argv[i + 1] in _INFO_CHOICES:
+                i += 1
+                flags.append(argv[i])
+        elif arg in _VALUE_FLAGS and i + 1 < len(argv):
+            flags += [arg, argv[i + 1]]
+            i += 1
+        else:
+            flags.append(arg)
+        i += 1
+    return flags + overrides
+
+
+def preflight(argv: Sequence[str]) -> DictConfig:
     """Compose the command line's config (the first job of a sweep) and validate it, so that
     an unknown key or a bad value is one :class:`UserError` line before Hydra starts (Hydra
-    prints a multi-line block and exits 1)."""
+    prints a multi-line block and exits 1). Returns it, with its ``hydra`` node."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -269,20 +304,22 @@ def preflight(argv: Sequence[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
         raise UserError(f"{_first_line(exc)}; check the override's syntax") from None
-    first = []
-    for o in parsed:
+    first: dict[int, str] = {}
+    for i, o in enumerate(parsed):
         if o.is_sweep_override():
             value = _first_value(o)
             if value is None:
                 continue  # a sweeper-only expression: left to the sweeper
-            first.append(f"{o.get_key_element()}={value}")
+            first[i] = f"{o.get_key_element()}={value}"
         else:
-            first.append(o.input_line)
+            first[i] = o.input_line
     try:
-        cfg = compose(first, config_dirs=config_dirs(argv)[1:])
+        cfg = compose(list(first.values()), return_hydra_config=True,
+                      config_dirs=config_dirs(argv)[1:])
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_composition_error(exc)) from None
     validate(cfg)
+    _validate_sweep_values(parsed, first, cfg, argv)
     check_trackers(cfg)
     if OmegaConf.select(cfg, "launcher.name") == "local":
         # The launcher's job count is a resolver of the hydra node: a bad value would surface
@@ -292,6 +329,44 @@ def preflight(argv: Sequence[str]) -> None:
                       launcher.get("cpu_threads_per_job"))
     if "-m" in argv or "--multirun" in argv:
         check_optimized_metric(cfg)
+    return cfg
+
+
+def _validate_sweep_values(parsed: Sequence[Any], first: dict[int, str], cfg: DictConfig,
+                           argv: Sequence[str]) -> None:
+    """Every value of a listed sweep (``seed=1,-1``), not only the first job's, so that a bad
+    one is refused before the sweep starts rather than recorded as a failed run. A value is
+    set on the first job's config; a config-group option (``model=a,b``) is composed."""
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    dirs = config_dirs(argv)
+    for i, o in enumerate(parsed):
+        if i not in first or not o.is_sweep_override() or not isinstance(o.value(), ChoiceSweep):
+            continue
+        key = o.get_key_element()
+        if key.startswith(("+", "~", "hydra")):
+            continue
+        try:
+            values = list(o.sweep_iterator())[1:]
+        except (HydraException, TypeError, ValueError):
+            continue
+        group = "." not in key and bool(group_options(key, dirs))
+        for value in values:
+            if group:  # a few options at most: compose each
+                lines = [f"{key}={value}" if j == i else line for j, line in first.items()]
+                try:
+                    other = compose(lines, config_dirs=dirs[1:])
+                except (HydraException, OmegaConfBaseException) as exc:
+                    raise UserError(_composition_error(exc)) from None
+            else:
+                other = cfg.copy()
+                try:
+                    OmegaConf.update(other, key, value, merge=False)
+                except OmegaConfBaseException:
+                    continue  # composing the first job accepted the key; leave it to Hydra
+            validate(other)
 
 
 def _first_value(o: Any) -> str | None:

@@ -1,29 +1,48 @@
-"""Small file helpers shared by every writer: atomic writes and JSON."""
+"""Small file helpers shared by every writer: atomic writes, output checks and JSON."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+def _reason(exc: OSError) -> str:
+    from mimic_runner.errors import no_room
+
+    return no_room(exc) or exc.strerror or type(exc).__name__
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    Readers never see a half-written file, and a failed writer leaves nothing behind.
+    Readers never see a half-written file, and a failed writer leaves nothing behind. The
+    temporary file is in the same folder (a rename across file systems would be a copy, which a
+    full disk can cut short) and is flushed to disk before the rename. A folder that cannot be
+    made or written is a :class:`~mimic_runner.errors.UserError`; a full disk while writing is
+    the ``OSError`` it is, with the final path as its ``filename`` (a one-line message at the
+    CLI, :func:`~mimic_runner.errors.exit_on_user_error`).
     """
     from mimic_runner.errors import UserError
 
     final = Path(path)
     if final.exists() and not overwrite:
         raise UserError(f"{final}: output exists; pass --overwrite to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        if exc.errno is not None and _is_room(exc):
+            exc.filename = str(final)
+            raise
+        raise UserError(f"{final}: cannot write into {final.parent} ({_reason(exc)}); choose "
+                        "another output folder") from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -31,10 +50,96 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, final)
+    except OSError as exc:
+        if _is_room(exc):  # name the file the user asked for, not the temporary one
+            exc.filename = str(final)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _is_room(exc: OSError) -> bool:
+    from mimic_runner.errors import no_room
+
+    return no_room(exc) is not None
+
+
+def _fsync(path: Path) -> None:
+    """Flush a written file to disk, so that a crash after the rename cannot leave it empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary name beside it, flushed, renamed)."""
+    final = Path(path)
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+    return final
+
+
+def hdf5_image(build: Callable[[Any], None]) -> memoryview:
+    """The bytes of an HDF5 file that ``build(f)`` fills, made in memory.
+
+    Write them with :func:`write_bytes_atomic`: HDF5 writing straight to a full disk leaves
+    unflushable objects behind that print errors at every later deallocation and can crash the
+    interpreter at exit; plain file I/O makes a full disk one clean ``OSError``.
+    """
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        build(f)
+    return buffer.getbuffer()
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse, before any work, an output folder that cannot be made or written to.
+
+    ``what`` names where the folder came from (``--out``, ``paths.runs_dir=runs``) and starts
+    the message of the :class:`~mimic_runner.errors.UserError` raised, which also names the
+    folder and what to do.
+    """
+    from mimic_runner.errors import UserError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what}: {out} is a file, not a folder; choose another output folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what}: cannot create the folder {out}: {existing} is a file; "
+                        "choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: the folder {existing} is not writable; choose another "
+                        "output folder or fix its permissions")
+    try:  # root passes os.access everywhere; a read-only mount or a full inode table does not
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what}: cannot write into {existing} ({_reason(exc)}); choose "
+                        "another output folder") from None
+    return out
+
+
+def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse, before any work, an output file that cannot be written (a folder in its place,
+    or a folder that cannot be made or written to: :func:`check_output_dir`)."""
+    from mimic_runner.errors import UserError
+
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{what}: {out} is a folder; give a file name such as "
+                        f"{out / 'result.json'}")
+    check_output_dir(out.parent, f"{what} {out}")
+    return out
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

@@ -21,19 +21,34 @@ Everything else refers to these through :class:`RunDir`, never by a string liter
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import json
+import logging
 import math
 import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mimic_runner.errors import UserError
-from mimic_runner.io import atomic_path, read_json, write_json
+from mimic_runner.errors import RunInUse, UserError
+from mimic_runner.io import hdf5_image, read_json, write_bytes_atomic, write_json
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not protected against each other
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("finished", "failed", "interrupted", "incomplete")
+# Run folders whose lock this process holds (a nested locked() on one of them is a no-op).
+_HELD: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,77 @@ class RunDir:
     def is_run(self) -> bool:
         return self.config.exists()
 
+    # -- one run per folder ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's ``.run.lock`` while a run works in it.
+
+        Another process holding it raises :class:`~mimic_runner.errors.RunInUse` at once,
+        naming its pid. The lock is an ``flock`` on the file, which the kernel drops when its
+        holder dies, so a folder left by a killed run (kill -9, a node lost) is taken over; the
+        file itself stays (removing it would let a third process lock a new file while a
+        second still waits on the old one) and holds the holder's pid, host and start time.
+        """
+        key = self.path.resolve()
+        if fcntl is None or key in _HELD:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise RunInUse(self._busy(_read_fd(fd))) from None
+                # A file system without locks (some network mounts): run unprotected.
+                log.warning("%s: cannot lock the run folder (%s); make sure no other run "
+                            "uses it", self.path, exc.strerror)
+                yield
+                return
+            previous = _read_fd(fd)
+            if previous:
+                log.info("%s: the run that held this folder (%s) ended without releasing it; "
+                         "taking it over", self.path, _describe(previous))
+            record = (f"{os.getpid()} {socket.gethostname()} "
+                      f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode(), 0)
+            _HELD.add(key)
+            try:
+                yield
+            finally:
+                _HELD.discard(key)
+                os.ftruncate(fd, 0)  # empty = released cleanly (a stale lock keeps its pid)
+        finally:
+            os.close(fd)  # closing the file drops the flock
+
+    def lock_holder(self) -> str | None:
+        """The message :meth:`locked` would raise when another process holds the folder now,
+        else None; takes nothing (a check before Hydra rewrites the folder's config)."""
+        if fcntl is None or not self.lock.is_file() or self.path.resolve() in _HELD:
+            return None
+        try:
+            fd = os.open(self.lock, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return self._busy(_read_fd(fd))
+                return None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def _busy(self, holder: str) -> str:
+        return (f"{self.path}: another run is using this folder ({_describe(holder)}); wait "
+                "for it to finish (or stop it), or train into another folder with "
+                "paths.runs_dir=...")
+
     # -- metrics.json and failed.json ---------------------------------------------------------
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Valid JSON whatever the values: NaN and ±Inf become null (their count is recorded
@@ -198,7 +284,7 @@ class RunDir:
         true-label maps)."""
         import h5py
 
-        with atomic_path(self.explanations) as tmp, h5py.File(tmp, "w") as f:
+        def build(f: h5py.File) -> None:
             f.create_dataset("maps", data=maps.astype(np.float16), compression="gzip",
                              compression_opts=1)
             f.create_dataset("labels", data=labels.astype(np.int64))
@@ -211,6 +297,9 @@ class RunDir:
             f.attrs["class_names"] = np.asarray(class_names, dtype=object)
             f.attrs["explain_target"] = explain_target
             f.attrs["model"] = model
+
+        # Built in memory, then written in one go: a full disk is then one clean OSError.
+        write_bytes_atomic(self.explanations, hdf5_image(build))
 
     def read_explanations(self) -> Explanations:
         """The stored test-set explanations; one :class:`UserError` line when unreadable."""
@@ -253,9 +342,12 @@ class RunDir:
         old[f"epoch_{epoch}"] = maps.astype(np.float32)
         if "mean_image" not in old and mean_image is not None:
             old["mean_image"] = mean_image.astype(np.float32)
-        with atomic_path(self.member_cams) as tmp, h5py.File(tmp, "w") as f:
+
+        def build(f: h5py.File) -> None:
             for k, v in old.items():
                 f.create_dataset(k, data=v)
+
+        write_bytes_atomic(self.member_cams, hdf5_image(build))
 
     def read_member_cams(self) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
         """``{epoch: (N, H, W)}`` and the mean validation image (H, W) or None."""
@@ -266,6 +358,18 @@ class RunDir:
             cams = {e: f[f"epoch_{e}"][()] for e in epochs}
             mean_image = f["mean_image"][()] if "mean_image" in f else None
         return cams, mean_image
+
+
+def _read_fd(fd: int) -> str:
+    return os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+
+
+def _describe(holder: str) -> str:
+    """``"pid 123 on host since 2025-01-01T10:00:00"`` from a lock file's record."""
+    parts = holder.split()
+    if len(parts) >= 3 and parts[0].isdigit():
+        return f"pid {parts[0]} on {parts[1]} since {parts[2]}"
+    return "pid unknown" if not holder else f"holder {holder[:80]}"
 
 
 @dataclass

@@ -25,7 +25,7 @@ from mimic_runner.analysis.maps import (
 )
 from mimic_runner.analysis.options import ExplainOptions, resolve_device
 from mimic_runner.explain.global_maps import GlobalMaps, global_explanations
-from mimic_runner.io import atomic_path
+from mimic_runner.io import hdf5_image, write_bytes_atomic
 from mimic_runner.log import stdout
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def write_global_h5(path: Path, g: GlobalMaps, mean_image: Tensor, attrs: dict[str, Any],
                     reference: dict[str, Tensor] | None = None) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    def build(f: h5py.File) -> None:
         for key, value in (reference or {}).items():
             f.create_dataset(key, data=value.cpu().numpy().astype(np.float32))
         f.create_dataset("overall", data=g.overall.cpu().numpy().astype(np.float32))
@@ -48,6 +48,9 @@ def write_global_h5(path: Path, g: GlobalMaps, mean_image: Tensor, attrs: dict[s
         f.attrs["n_images"] = g.n_images
         for k, v in attrs.items():
             f.attrs[k] = v if not isinstance(v, Path) else str(v)
+
+    # Built in memory, then written in one go: a full disk is then one clean OSError.
+    write_bytes_atomic(path, hdf5_image(build))
 
 
 def run_global(opts: ExplainOptions) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mimic_runner.errors import exit_on_user_error
+
 SECTIONS = ("steps", "gradcam", "data", "mfu")
 
 
@@ -98,6 +100,7 @@ def options_from_args(args: argparse.Namespace, console: Console):  # type: igno
     return opt
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from mimic_runner.bench.env import environment
     from mimic_runner.bench.report import render
     from mimic_runner.errors import UserError
-    from mimic_runner.io import write_json
+    from mimic_runner.io import check_output_file, write_json
     from mimic_runner.log import console, stdout
 
     args = parser().parse_args(argv)
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         opt = options_from_args(args, console)
+        if args.out:  # refused before the minutes of timing, not after
+            check_output_file(args.out, "--out")
     except UserError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

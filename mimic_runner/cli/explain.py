@@ -26,6 +26,7 @@ from mimic_runner.data.schema import SPLITS
 from mimic_runner.errors import exit_on_user_error
 from mimic_runner.explain.global_maps import GROUP_BY, NORMALIZATIONS
 from mimic_runner.explain.peppr import METRICS
+from mimic_runner.io import check_output_dir
 from mimic_runner.log import setup_cli_logging
 
 
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_cli_logging()
+    # Refused before the model is loaded and the maps computed.
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    elif args.run_dir.is_dir():
+        check_output_dir(args.run_dir, f"{args.run_dir}: the run folder")
     from mimic_runner.analysis.global_explain import run_global
     from mimic_runner.analysis.peppr import run_peppr
 

@@ -36,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from mimic_runner.io import check_output_dir
     from mimic_runner.report.report import make_report, parse_formats, print_report
+
+    # Refused before the runs are read and the figures drawn (minutes on a large sweep).
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    elif args.runs_dir.is_dir():
+        check_output_dir(args.runs_dir / "report", f"{args.runs_dir}: the report folder")
 
     report = make_report(args.runs_dir, out_dir=args.out, compare_paper=args.compare_paper,
                          paper_dir=args.paper_dir, formats=parse_formats(args.format),

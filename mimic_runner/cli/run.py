@@ -18,10 +18,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mimic_runner.config import check_argv, register
+from mimic_runner.config import check_argv, flags_first, register
 from mimic_runner.errors import UserError, exit_on_user_error
 from mimic_runner.paths import conf_dir
 
@@ -60,21 +61,50 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return optimized_value(cfg, metrics)
 
 
+# Flags after which Hydra runs no job (it prints something and returns).
+_NO_JOB = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--version",
+           "--shell-completion", "-sc")
+_MODES = (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"),
+          ("--shell-completion", "-sc"))
+
+
 @exit_on_user_error
 def main() -> None:
     register()
-    check_argv(sys.argv[1:])
+    argv = sys.argv[1:] = flags_first(sys.argv[1:])  # Hydra parses sys.argv itself
+    modes = [m[0] for m in _MODES if any(a in m for a in argv)]
+    if len(modes) > 1:  # Hydra raises a ValueError with a traceback
+        raise UserError(f"{' and '.join(modes)}: use only one of --run, --multirun, --cfg, "
+                        "--info, --shell-completion")
+    cfg = check_argv(argv)
+    from mimic_runner.training.run import check_run_folder
     from mimic_runner.training.sweep import read_outcome
 
+    if not any(a in _NO_JOB for a in argv):
+        # The folder can be written, is not in use, and a resume's checkpoint is readable:
+        # all checked before Hydra rewrites the folder's .hydra/ files.
+        check_run_folder(cfg, multirun=any(a in ("-m", "--multirun") for a in argv))
+
+    # Errors reach the handlers here (one line for a config error or a full disk, e.g. while
+    # Hydra writes .hydra/), instead of Hydra's shortened traceback.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     with tempfile.TemporaryDirectory(prefix="mimic-run-") as tmp:
         outcome_file = Path(tmp) / "outcome.json"
         os.environ[OUTCOME_ENV] = str(outcome_file)
         # Hydra reads sys.argv itself; a bare `mimic-run` is a single run with the defaults.
-        _hydra_main()
+        try:
+            _hydra_main()
+        except HydraException as exc:
+            raise UserError(_first_line(exc)) from None
         outcome = read_outcome(outcome_file)
     if outcome is not None and outcome.failed:
         # The other runs went on; the exit status still tells scripts (make, CI) about it.
         sys.exit(1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+    return f"{text}; `mimic-run --cfg job` shows the composed config"
 
 
 if __name__ == "__main__":

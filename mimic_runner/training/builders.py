@@ -13,12 +13,17 @@ from typing import Any
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from mimic_runner.data.datamodule import HDF5DataModule
 from mimic_runner.errors import UserError
 from mimic_runner.rundir import RunDir
-from mimic_runner.training.callbacks import ExplanationWriter, MemberCamSnapshot
+from mimic_runner.training.callbacks import (
+    AtomicCheckpointIO,
+    ExplanationWriter,
+    MemberCamSnapshot,
+)
 from mimic_runner.training.modules import ExplainedClassifier
 
 # The config sections a model is rebuilt from (saved in every checkpoint).
@@ -119,8 +124,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ExplainedClassifier,
     if module.ensemble_size > 1 and cfg.explain.member_cam_epochs:
         callbacks.append(MemberCamSnapshot(rd, epochs=list(cfg.explain.member_cam_epochs)))
     extra = {"devices": devices} if devices is not None else {}
+    # Checkpoints go to a temporary name in their folder, then renamed (AtomicCheckpointIO).
+    configured = OmegaConf.select(cfg, "trainer.plugins", default=None)
+    plugins = [instantiate(p) for p in (configured or [])]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                       _convert_="all", **extra)
+                       plugins=plugins, _convert_="all", **extra)
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

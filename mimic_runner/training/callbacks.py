@@ -1,18 +1,41 @@
-"""Lightning callbacks that write a run's explanation artefacts."""
+"""Lightning callbacks that write a run's explanation artefacts, and the checkpoint writer."""
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from mimic_runner.io import write_bytes_atomic
 from mimic_runner.rundir import RunDir
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint writer, made atomic on local disks.
+
+    Lightning's own "atomic" save writes through fsspec, whose local transaction puts the file
+    in the system temp folder and moves it over: across file systems that move is a copy, and
+    a full disk left a truncated ``last.ckpt``. Here the checkpoint is serialised in memory (as
+    Lightning does) and written to a temporary name in its own folder, flushed, then renamed,
+    so a checkpoint file is always either the previous one or the new one, complete.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote: Lightning's fsspec
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_bytes_atomic(path, buffer.getbuffer())
 
 
 class ExplanationWriter(L.Callback):
