@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ TIMEOUT = 300  # seconds for one mimic-run command; a sweep here takes well unde
 
 
 @pytest.fixture(scope="module")
-def slurm() -> slurm_cluster.SlurmCluster:  # type: ignore[misc]
+def slurm() -> Iterator[slurm_cluster.SlurmCluster]:
     """A fresh cluster for this module; every daemon it started is stopped at the end."""
     mode = slurm_cluster.mode()
     if mode == "off":
