@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from rich.console import Console
-from rich.logging import RichHandler
 
 # soft_wrap: status lines stay whole in logs (grep-able), whatever the width.
 console = Console(stderr=True, soft_wrap=True)
@@ -29,23 +28,28 @@ class _OwnInfoOthersWarning(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.startswith(_OWN)
 
 
-class ConsoleHandler(RichHandler):
-    """The console handler of every command (Hydra's job logging names it by class path)."""
+class ConsoleHandler(logging.Handler):
+    """The console handler of every command (Hydra's job logging names it by class path): one
+    line per record on the shared rich :data:`console`, never wrapped (a status line stays one
+    line in a log file, whatever the width), warnings prefixed ``warning:``."""
 
     def __init__(self, level: int | str = logging.INFO, **_ignored: object) -> None:
         # _ignored: a stream Hydra's default logging config names; the console is ours.
-        super().__init__(level=level, console=console, show_time=False, show_path=False,
-                         show_level=False, markup=False, rich_tracebacks=False,
-                         highlighter=None, keywords=[])
+        super().__init__(level=level)
         self.addFilter(_OwnInfoOthersWarning())
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING and not record.getMessage().startswith(
-                ("warning:", "error:")):
-            record = logging.makeLogRecord({**record.__dict__,
-                                            "msg": f"warning: {record.getMessage()}",
-                                            "args": None})
-        super().emit(record)
+        try:
+            msg = record.getMessage()
+            if record.exc_info and record.levelno >= logging.ERROR:
+                msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            if record.levelno >= logging.WARNING and not msg.startswith(("warning:", "error:")):
+                msg = f"{'error' if record.levelno >= logging.ERROR else 'warning'}: {msg}"
+            style = "red" if record.levelno >= logging.ERROR else (
+                "yellow" if record.levelno >= logging.WARNING else None)
+            console.print(msg, style=style, soft_wrap=True, markup=False, highlight=False)
+        except Exception:  # a handler must never raise into the code that logs
+            self.handleError(record)
 
 
 def setup_cli_logging(level: int = logging.INFO) -> None:
