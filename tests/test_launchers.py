@@ -98,7 +98,11 @@ def test_local_n_jobs_from_config(compose) -> None:  # type: ignore[no-untyped-d
     cfg = compose("launcher=local", "launcher.jobs_per_gpu=2", hydra=True)
     import torch
 
-    assert cfg.hydra.launcher.n_jobs == max(1, 2 * torch.cuda.device_count())
+    from mimic_runner.training.local_launcher import available_cpus
+
+    # Two per GPU; without one, a job per core (launcher.cpu_threads_per_job: 1).
+    n_gpus = torch.cuda.device_count()
+    assert cfg.hydra.launcher.n_jobs == (2 * n_gpus if n_gpus else available_cpus())
 
 
 # -- real multiruns -----------------------------------------------------------------------------
