@@ -40,8 +40,9 @@ def test_peak_table() -> None:
 
 
 def test_overrides_only_set_ensemble_keys_for_ensembles() -> None:
-    assert model_overrides("baseline", "resnet18", 5, "loop") == ["model=baseline",
-                                                                  "backbone=resnet18"]
+    # channels_last always explicit: small_cnn on the CPU defaults to it otherwise.
+    assert model_overrides("baseline", "resnet18", 5, "loop") == [
+        "model=baseline", "backbone=resnet18", "++model.channels_last=false"]
     assert "model.ensemble_impl=wide" in model_overrides("expl_ensemble", "small_cnn", 5, "wide")
 
 
