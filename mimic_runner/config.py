@@ -304,22 +304,20 @@ def preflight(argv: Sequence[str]) -> DictConfig:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
         raise UserError(f"{_first_line(exc)}; check the override's syntax") from None
-    first: dict[int, str] = {}
-    for i, o in enumerate(parsed):
+    first = []
+    for o in parsed:
         if o.is_sweep_override():
             value = _first_value(o)
             if value is None:
                 continue  # a sweeper-only expression: left to the sweeper
-            first[i] = f"{o.get_key_element()}={value}"
+            first.append(f"{o.get_key_element()}={value}")
         else:
-            first[i] = o.input_line
+            first.append(o.input_line)
     try:
-        cfg = compose(list(first.values()), return_hydra_config=True,
-                      config_dirs=config_dirs(argv)[1:])
+        cfg = compose(first, return_hydra_config=True, config_dirs=config_dirs(argv)[1:])
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_composition_error(exc)) from None
     validate(cfg)
-    _validate_sweep_values(parsed, first, cfg, argv)
     check_trackers(cfg)
     if OmegaConf.select(cfg, "launcher.name") == "local":
         # The launcher's job count is a resolver of the hydra node: a bad value would surface
@@ -330,43 +328,6 @@ def preflight(argv: Sequence[str]) -> DictConfig:
     if "-m" in argv or "--multirun" in argv:
         check_optimized_metric(cfg)
     return cfg
-
-
-def _validate_sweep_values(parsed: Sequence[Any], first: dict[int, str], cfg: DictConfig,
-                           argv: Sequence[str]) -> None:
-    """Every value of a listed sweep (``seed=1,-1``), not only the first job's, so that a bad
-    one is refused before the sweep starts rather than recorded as a failed run. A value is
-    set on the first job's config; a config-group option (``model=a,b``) is composed."""
-    from hydra.core.override_parser.types import ChoiceSweep
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    dirs = config_dirs(argv)
-    for i, o in enumerate(parsed):
-        if i not in first or not o.is_sweep_override() or not isinstance(o.value(), ChoiceSweep):
-            continue
-        key = o.get_key_element()
-        if key.startswith(("+", "~", "hydra")):
-            continue
-        try:
-            values = list(o.sweep_iterator())[1:]
-        except (HydraException, TypeError, ValueError):
-            continue
-        group = "." not in key and bool(group_options(key, dirs))
-        for value in values:
-            if group:  # a few options at most: compose each
-                lines = [f"{key}={value}" if j == i else line for j, line in first.items()]
-                try:
-                    other = compose(lines, config_dirs=dirs[1:])
-                except (HydraException, OmegaConfBaseException) as exc:
-                    raise UserError(_composition_error(exc)) from None
-            else:
-                other = cfg.copy()
-                try:
-                    OmegaConf.update(other, key, value, merge=False)
-                except OmegaConfBaseException:
-                    continue  # composing the first job accepted the key; leave it to Hydra
-            validate(other)
 
 
 def _first_value(o: Any) -> str | None:

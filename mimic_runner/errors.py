@@ -44,12 +44,14 @@ def no_room(exc: BaseException) -> str | None:
     return None
 
 
-def no_room_message(exc: OSError, where: object = None) -> str:
+def no_room_message(exc: OSError, where: object = None, atomic: bool = True) -> str:
     """One line for a full disk: the file (or ``where`` when the error names none), the cause
-    and what to do."""
+    and what to do. ``atomic``: the write went through a temporary file (ours all do), so
+    nothing partial is left; say so."""
     name = where if where is not None else (exc.filename or "an output file")
-    return (f"{name}: cannot write ({no_room(exc) or exc.strerror}); no partial file was left. "
-            "Free some space or choose another output folder")
+    left = "no partial file was left" if atomic else "a file being written may be incomplete"
+    return (f"{name}: cannot write ({no_room(exc) or exc.strerror}); {left}. Free some space "
+            "or choose another output folder")
 
 
 def exit_on_user_error(func: F) -> F:

@@ -297,7 +297,7 @@ CONFIG_PROBES = {
     "model=expl_ensemble model.ensemble_size=1":
         "error: model.ensemble_size=1: an ensemble needs at least 2 members",
     "resume=maybe": "error: resume=maybe: use true or false",
-    "-m seed=1,-1": "error: seed=-1: use an integer from 0 to 4294967295",
+    "-m seed=abc,1": "error: seed=abc: use an integer from 0 to 4294967295",
     "-m --cfg job": "error: --multirun and --cfg: use only one of --run, --multirun, --cfg, "
                     "--info, --shell-completion",
 }

@@ -76,7 +76,8 @@ def test_reduced_grid_resumes_and_reports(tmp_path: Path) -> None:
         ("improved_unet", 2948)]
     failed = sorted((tmp_path / "runs" / "table1").glob("*/failed.json"))
     assert len(failed) == 2 and all("seed=-1" in p.parent.name for p in failed)
-    assert "not in bounds" in json.loads(failed[0].read_text())["error"]
+    # Refused by the job's config check (a sweep's later jobs are checked in their job).
+    assert "seed=-1: use an integer from 0 to" in json.loads(failed[0].read_text())["error"]
     mtimes = {p: p.stat().st_mtime_ns for p in first}
 
     # The same command again trains nothing (the failed jobs are retried and fail again).

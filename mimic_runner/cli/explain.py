@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out is not None:
         check_output_dir(args.out, "--out")
     elif args.run_dir.is_dir():
-        check_output_dir(args.run_dir, f"{args.run_dir}: the run folder")
+        check_output_dir(args.run_dir, "the run folder (pass --out DIR to write elsewhere)")
     from mimic_runner.analysis.global_explain import run_global
     from mimic_runner.analysis.peppr import run_peppr
 

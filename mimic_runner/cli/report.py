@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         check_output_dir(args.out, "--out")
     elif args.runs_dir.is_dir():
-        check_output_dir(args.runs_dir / "report", f"{args.runs_dir}: the report folder")
+        check_output_dir(args.runs_dir / "report",
+                         "the report folder (pass --out DIR to write elsewhere)")
 
     report = make_report(args.runs_dir, out_dir=args.out, compare_paper=args.compare_paper,
                          paper_dir=args.paper_dir, formats=parse_formats(args.format),

@@ -11,6 +11,7 @@ It only checks the command line, hands the composed config to
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mimic_runner.config import check_argv, flags_first, register
-from mimic_runner.errors import UserError, exit_on_user_error
+from mimic_runner.errors import UserError, exit_on_user_error, no_room, no_room_message
 from mimic_runner.paths import conf_dir
 
 # The sweep summary (a Hydra callback in the launching process) writes its outcome here.
@@ -80,14 +81,18 @@ def main() -> None:
     from mimic_runner.training.run import check_run_folder
     from mimic_runner.training.sweep import read_outcome
 
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     if not any(a in _NO_JOB for a in argv):
         # The folder can be written, is not in use, and a resume's checkpoint is readable:
         # all checked before Hydra rewrites the folder's .hydra/ files.
-        check_run_folder(cfg, multirun=any(a in ("-m", "--multirun") for a in argv))
+        check_run_folder(cfg, multirun=multirun)
 
     # Errors reach the handlers here (one line for a config error or a full disk, e.g. while
     # Hydra writes .hydra/), instead of Hydra's shortened traceback.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    # A log line that cannot be written to run.log (full disk) must not print a traceback per
+    # record; the write that matters (a checkpoint, metrics.json) reports the full disk.
+    logging.raiseExceptions = False
     with tempfile.TemporaryDirectory(prefix="mimic-run-") as tmp:
         outcome_file = Path(tmp) / "outcome.json"
         os.environ[OUTCOME_ENV] = str(outcome_file)
@@ -96,6 +101,14 @@ def main() -> None:
             _hydra_main()
         except HydraException as exc:
             raise UserError(_first_line(exc)) from None
+        except OSError as exc:
+            if no_room(exc) is None or exc.filename:
+                raise
+            # Hydra's writes of .hydra/ and run.log name no file: name the run's folder.
+            where = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir",
+                                     default=None, throw_on_missing=False)
+            raise UserError(no_room_message(exc, where=f"{where} (a file in it)",
+                                            atomic=False)) from None
         outcome = read_outcome(outcome_file)
     if outcome is not None and outcome.failed:
         # The other runs went on; the exit status still tells scripts (make, CI) about it.

@@ -435,7 +435,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, multirun: bool,
             raise
         except Exception as exc:
             if no_room(exc) is not None:
-                exc = UserError(no_room_message(exc, where=_written_file(exc, rd)) +
+                # A write naming no file is a logger's (csv/, run.log), not atomic.
+                named = bool(getattr(exc, "filename", None))
+                exc = UserError(no_room_message(exc, where=_written_file(exc, rd),
+                                                atomic=named) +
                                 ", then continue the run with resume=true")
                 if not multirun:
                     raise exc from None
