@@ -105,6 +105,9 @@ def test_reduced_grid_resumes_and_reports(tmp_path: Path) -> None:
     for table, n_rows in (("table1", 7), ("table2", 4)):
         with (out / f"{table}.csv").open() as f:
             rows = list(csv.DictReader(f))
+        refs = [r for r in rows if r["status"] == "reference"]
+        assert [r["label"] for r in refs] == ["Uniform map", "Mean gaze (train)", "Gaze oracle"]
+        rows = [r for r in rows if r["status"] != "reference"]
         assert len(rows) == n_rows
         finished = _metrics(tmp_path, table)
         for row in rows:
