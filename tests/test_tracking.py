@@ -48,8 +48,9 @@ def test_wandb_is_offline_unless_configured(tmp_path: Path) -> None:
 
 
 def test_config_params_are_flat_dotted_keys(compose) -> None:  # type: ignore[no-untyped-def]
-    params = tracking.config_params(compose(*ENSEMBLE, "trainer=smoke"))
-    assert params["model.lambda_consistency"] == 30.0
+    params = tracking.config_params(compose(*ENSEMBLE, "trainer=smoke",
+                                            "model.lambda_consistency=12.5"))
+    assert params["model.lambda_consistency"] == 12.5
     assert params["trainer.max_epochs"] == 2
     assert params["explain.member_cam_epochs"] == [1, 6]
     assert params["model.optimizer.lr"] == pytest.approx(1e-3)
