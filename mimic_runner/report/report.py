@@ -298,7 +298,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
     console = console or stdout
     console.print(_status_line(report.runs))
     for w in report.warnings:
-        console.print(Text(w, style="yellow"))
+        console.print(Text(w, style="yellow"), soft_wrap=True)
     if report.paper_dir is not None:
         console.print(Text(f"published values: {report.paper_dir}"))
     for kind in TABLES:

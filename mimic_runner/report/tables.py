@@ -223,7 +223,11 @@ def _order(kind: str) -> tuple[list[Group], list[int]]:
 
 
 def _sort_key(order: Sequence[Any], value: Any) -> tuple[int, str]:
-    return (order.index(value), "") if value in order else (len(order), f"{value!s:>12}")
+    # A Table 1 ensemble of another size ("normal_ensemble@5") sorts with its model.
+    base = str(value).partition("@")[0] if isinstance(value, str) else value
+    if base in order:
+        return (order.index(base), "" if base == value else f"{value!s:>12}")
+    return (len(order), f"{value!s:>12}")
 
 
 def build_tables(runs: Sequence[Run], kind: str, paper: PaperValues | None = None
