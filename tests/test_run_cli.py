@@ -14,8 +14,11 @@ from cli_helpers import TINY
 from mimic_runner.data.schema import read_dataset, write_dataset
 
 REQUIRED = ["test/acc", "test/auroc", "test/kld", "test/nss", "test/cc", "test/sim",
-            "test/confounder_share", "model", "seed", "ensemble_size", "dataset",
-            "train_seconds", "explain_target"]
+            "test/confounder_share", "test/finding_share", "test/kld_floor", "test/gaze_on_zero",
+            "test_label/kld", "test_label/nss", "test_correct/kld", "test_class/Normal/kld",
+            "ref/uniform/kld", "ref/uniform/nss", "ref/mean_gaze/kld", "ref/mean_gaze/nss",
+            "ref/gaze_oracle/kld", "ref/gaze_oracle/nss", "val/acc", "tested_epoch", "model",
+            "seed", "ensemble_size", "dataset", "train_seconds", "explain_target"]
 
 
 def _metrics(run_dir: Path) -> dict:
@@ -116,12 +119,42 @@ def test_each_model_smoke(cli, tmp_path: Path, model: str) -> None:  # type: ign
     assert res.returncode == 0, res.stderr[-3000:]
     m = _metrics(_only_run(tmp_path))
     for key in REQUIRED:
-        assert key in m
+        assert key in m, key
+    if "ensemble" in model:
+        assert m["test/kld_at_k"][-1] == m["test/kld"] and len(m["test/nss_at_k"]) == 3
     if "ensemble" in model:
         assert m["ensemble_size"] == 3
         assert math.isfinite(m["test/cam_disagreement"])
         assert all(f"test/acc_member_{i}" in m for i in range(3))
         assert (_only_run(tmp_path) / "member_cams.h5").exists()
+    _reloads_alone(_only_run(tmp_path), tmp_path, m)
+
+
+def _reloads_alone(run_dir: Path, tmp_path: Path, metrics: dict) -> None:
+    """A checkpoint copied out of its run folder (the folder then deleted) rebuilds the trained
+    module by itself and computes the same logits (mimic_runner.load_checkpoint)."""
+    import shutil
+
+    import torch
+
+    import mimic_runner
+
+    ckpt = tmp_path / "copied.ckpt"
+    shutil.copy(metrics["tested_checkpoint_path"], ckpt)
+    expl = h5py.File(run_dir / "explanations.h5", "r")
+    probs = expl["probabilities"][:8]
+    ids = expl["ids"].asstr()[:8]
+    expl.close()
+    data, _ = read_dataset(metrics["dataset_path"], split="test", require_splits=())
+    row = {str(i): k for k, i in enumerate(data["ids"])}
+    images = torch.from_numpy(np.stack([data["images"][row[i]] for i in ids])).float()
+    shutil.rmtree(run_dir)
+    module = mimic_runner.load_checkpoint(ckpt)
+    mean, std = module.input_normalisation
+    with torch.no_grad():
+        logits = module((images / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).logits
+    assert logits.shape == (8, 3)
+    np.testing.assert_allclose(logits.softmax(-1).numpy(), probs, atol=1e-4)
 
 
 @pytest.mark.slow
