@@ -39,9 +39,12 @@ def test_script_without_cuda_prints_one_line_and_exits_0(tmp_path: Path) -> None
 @no_cuda
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_gpu_check_without_cuda() -> None:
-    env = {**os.environ, "VIRTUAL_ENV": sys.prefix}  # the Makefile's environment: this one
-    r = subprocess.run(["make", "-s", "gpu-check"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, env=env)
+    # The Makefile's environment is this one; `make test ARGS=...` passes ARGS down through
+    # MAKEFLAGS, so the nested make gets its own (empty) ARGS.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env["VIRTUAL_ENV"] = sys.prefix
+    r = subprocess.run(["make", "-s", "gpu-check", "ARGS="], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == _script().NO_CUDA
 

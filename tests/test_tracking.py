@@ -12,11 +12,16 @@ from typing import Any
 
 import pytest
 from cli_helpers import run_cli
+from omegaconf import OmegaConf
 
+from mimic_runner.paths import conf_dir
 from mimic_runner.training import tracking
 
 TINY = ["data.synth.params.n=240", "data.image_size=64", "trainer=smoke"]
 ENSEMBLE = ["model=expl_ensemble", "model.ensemble_size=2"]
+# The shipped default the runs below log (read, not repeated: defaults get re-tuned).
+DEFAULT_LAMBDA = float(OmegaConf.load(conf_dir() / "model" / "expl_ensemble.yaml")
+                       ["lambda_consistency"])
 
 
 def _metrics(root: Path) -> dict[str, Any]:
@@ -105,7 +110,8 @@ def test_mlflow_run_holds_config_and_every_test_metric(tmp_path: Path) -> None:
     assert [h.step for h in history] == [1, 2]
     assert [h.value for h in history] == pytest.approx(m["test/kld_at_k"])
     params = run.data.params
-    assert params["model.lambda_consistency"] == "30.0" and params["trainer.max_epochs"] == "2"
+    assert params["model.lambda_consistency"] == str(DEFAULT_LAMBDA)
+    assert params["trainer.max_epochs"] == "2"
     assert params["model.name"] == "expl_ensemble" and params["seed"] == "0"
     assert run.data.tags["run_dir"] == m["run_dir"] == str(folder.resolve())
     assert run.data.tags["model"] == "expl_ensemble" and run.info.run_name == folder.name
@@ -159,7 +165,8 @@ def test_wandb_offline_run_file_under_the_run_folder(tmp_path: Path) -> None:
         elif kind == "run":
             names.append(rec.run.display_name)
     assert names == [folder.name]
-    assert config["trainer.max_epochs"] == 2 and config["model.lambda_consistency"] == 30.0
+    assert config["trainer.max_epochs"] == 2
+    assert config["model.lambda_consistency"] == DEFAULT_LAMBDA
     assert config["run_dir"] == m["run_dir"] and config["model"] == "expl_ensemble"
     for key, value in _test_numbers(m).items():
         assert summary[key] == pytest.approx(value, rel=1e-6), key

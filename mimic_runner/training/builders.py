@@ -129,6 +129,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ExplainedClassifier,
     plugins = [instantiate(p) for p in (configured or [])]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
+    # Inside a SLURM job submitit owns the signals (requeue on time-out or preemption, with a
+    # result for the launching process); Lightning's own auto-requeue handlers would compete.
+    from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
+
+    if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment)
+                                             for p in plugins):
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                        plugins=plugins, _convert_="all", **extra)
 
