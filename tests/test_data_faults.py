@@ -216,7 +216,8 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch: p
             fh.write(data[: len(data) // 3])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(schema, "_write_bytes", enospc)
+    # The dataset writer puts its in-memory file image into the temporary file with this call.
+    monkeypatch.setattr(Path, "write_bytes", enospc)
     out = tmp_path / "cxr.h5"
     with pytest.raises(SystemExit) as exc:
         data_main(["synth-cxr", "--out", str(out), "--n", "30", "--size", "48"])
@@ -264,7 +265,8 @@ def test_unwritable_outputs_are_refused_before_generating(tmp_path: Path,
     monkeypatch.setattr(synth_cxr, "generate", never)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    cases = [(blocker / "sub" / "x.h5", f"cannot create the output folder: {blocker} is a file"),
+    cases = [(blocker / "sub" / "x.h5",
+              f"cannot create the folder {blocker / 'sub'}: {blocker} is a file"),
              (tmp_path, "output is a directory")]
     if os.geteuid() != 0:  # root writes anywhere, so a read-only folder only stops others
         ro = tmp_path / "ro"

@@ -21,8 +21,6 @@ the memory available first, and data are read in bounded blocks.
 
 from __future__ import annotations
 
-import errno
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,8 +29,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mimic_runner.errors import DatasetError, UserError
-from mimic_runner.io import atomic_path
+from mimic_runner.errors import DatasetError, UserError, no_room
+from mimic_runner.io import atomic_path, check_output_dir, hdf5_image
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -72,35 +70,17 @@ class DatasetInfo:
 
 
 def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Refuse, before any work is done, an output file that cannot be written.
-
-    The writer creates missing folders, so the first folder of the path that exists must be a
-    writable folder (not a file). Raises a :class:`UserError` naming the path and what to do.
-    """
+    """Refuse, before any work is done, an output file that cannot be written: a folder in its
+    place, an existing file without ``overwrite``, or a folder that cannot be made or written
+    (:func:`mimic_runner.io.check_output_dir`). Raises a :class:`UserError` naming the path."""
     out = Path(path)
     if out.is_dir():
         raise UserError(f"{out}: output is a directory; give a file name such as "
                         f"{out / 'data.h5'}")
     if out.exists() and not overwrite:
         raise UserError(f"{out}: output exists; pass --overwrite to replace it")
-    existing = out.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{out}: cannot create the output folder: {existing} is a file; "
-                        "choose another output path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{out}: the folder {existing} is not writable; choose another output "
-                        "path or fix its permissions")
+    check_output_dir(out.parent, str(out))
     return out
-
-
-def _write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write a finished file image to ``path`` and flush it to disk."""
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _file_image(
@@ -108,16 +88,11 @@ def _file_image(
     class_names: Sequence[str], maps: dict[str, np.ndarray | None], source: str, aligned: bool,
     extra_attrs: dict[str, object] | None,
 ) -> memoryview:
-    """The bytes of the HDF5 file holding these arrays, built in memory.
+    """The bytes of the HDF5 file holding these arrays, built in memory
+    (:func:`mimic_runner.io.hdf5_image`: a full disk is then one clean ``OSError`` instead of
+    HDF5's unflushable objects, which crashed the interpreter at exit)."""
 
-    Building the file in memory and writing it with plain file I/O keeps a full disk a clean
-    ``OSError``: HDF5 writing straight to a full disk leaves unflushable objects behind that
-    print errors at every later deallocation and crashed the interpreter at exit (segfault).
-    A ``BytesIO`` (not the core driver plus ``get_file_image``, which copies) holds the file
-    once: the arrays plus about the compressed file size in memory at the peak.
-    """
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:
+    def build(f: h5py.File) -> None:
         chunks = (1, *images.shape[1:])
         f.create_dataset("images", data=np.asarray(images, dtype=np.uint8), chunks=chunks)
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
@@ -135,7 +110,8 @@ def _file_image(
         f.attrs["aligned"] = bool(aligned)
         for k, v in (extra_attrs or {}).items():
             f.attrs[k] = v
-    return buffer.getbuffer()
+
+    return hdf5_image(build)
 
 
 def write_dataset(
@@ -166,7 +142,7 @@ def write_dataset(
                         extra_attrs)
     try:
         with atomic_path(final, overwrite=overwrite) as tmp:
-            _write_bytes(tmp, image)
+            tmp.write_bytes(image)  # atomic_path flushes it to disk before the rename
             validate_dataset(tmp, require_splits=(), display_path=final, check_memory=False)
     except OSError as exc:
         raise UserError(f"{final}: cannot write the dataset ({_write_problem(exc)}); nothing "
@@ -175,11 +151,7 @@ def write_dataset(
 
 
 def _write_problem(exc: OSError) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
-    if exc.errno == errno.EFBIG:
-        return "file too large for the file system or the process's file-size limit"
-    return _one_line(exc)
+    return no_room(exc) or _one_line(exc)
 
 
 # --------------------------------------------------------------------------- reading
