@@ -132,20 +132,24 @@ class _MeanSaliencyMetric(Metric):
         self.last_counts = None
 
 
-class SaliencyKLD(_MeanSaliencyMetric):
+class _GazeMassMetric(_MeanSaliencyMetric):
+    """A lower-is-better score against a gaze map, undefined (skipped) for an all-zero one."""
+
+    higher_is_better = False
+    skip_reason = "all-zero gaze"
+
+    def _target_ok(self, saliency: Tensor, target: Tensor) -> Tensor:
+        return _any_nonzero(target)
+
+
+class SaliencyKLD(_GazeMassMetric):
     """Mean KL(gaze ‖ saliency) (:func:`~mimic_runner.metrics.saliency.kld`); target: gaze.
 
     Skips images with an all-zero gaze map. Lower is better.
     """
 
-    higher_is_better = False
-    skip_reason = "all-zero gaze"
-
     def _score(self, saliency: Tensor, target: Tensor) -> Tensor:
         return kld(saliency, target)
-
-    def _target_ok(self, saliency: Tensor, target: Tensor) -> Tensor:
-        return _any_nonzero(target)
 
 
 class SaliencyKLDFloor(SaliencyKLD):
@@ -157,18 +161,12 @@ class SaliencyKLDFloor(SaliencyKLD):
         return kld_floor(saliency, target)
 
 
-class GazeOnZero(_MeanSaliencyMetric):
+class GazeOnZero(_GazeMassMetric):
     """Mean share of the gaze mass on pixels where the explanation is exactly 0
     (:func:`~mimic_runner.metrics.saliency.gaze_on_zero`); target: gaze. Lower is better."""
 
-    higher_is_better = False
-    skip_reason = "all-zero gaze"
-
     def _score(self, saliency: Tensor, target: Tensor) -> Tensor:
         return gaze_on_zero(saliency, target)
-
-    def _target_ok(self, saliency: Tensor, target: Tensor) -> Tensor:
-        return _any_nonzero(target)
 
 
 class SaliencyNSS(_MeanSaliencyMetric):
