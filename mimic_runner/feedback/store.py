@@ -217,13 +217,17 @@ class FeedbackStore(VersionDecisions):
             rows = conn.execute(f"SELECT * FROM rois WHERE id IN ({marks}) ORDER BY id", created)
             return [_roi_row(row) for row in rows]
 
+    @staticmethod
+    def _roi_in(conn: sqlite3.Connection, roi_id: int) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM rois WHERE id=?", (roi_id,)).fetchone()
+        if row is None:
+            raise FeedbackNotFound(f"region {roi_id} does not exist (GET /api/rois lists them)")
+        return row
+
     def delete_roi(self, roi_id: int, author: str = "") -> dict[str, Any]:
         _known_id("region", roi_id)
         with self.write() as conn:
-            row = conn.execute("SELECT * FROM rois WHERE id=?", (roi_id,)).fetchone()
-            if row is None:
-                raise FeedbackNotFound(f"region {roi_id} does not exist (GET /api/rois lists "
-                                       "them)")
+            row = self._roi_in(conn, roi_id)
             conn.execute("DELETE FROM rois WHERE id=?", (roi_id,))
             self._event(conn, author, "delete_roi", {"id": roi_id, "image_id": row["image_id"]})
             return _roi_row(row)
@@ -240,11 +244,7 @@ class FeedbackStore(VersionDecisions):
                                   f"{', '.join(sorted(changes)) or 'nothing'}")
         _known_id("region", roi_id)
         with self.write() as conn:
-            row = conn.execute("SELECT * FROM rois WHERE id=?", (roi_id,)).fetchone()
-            if row is None:
-                raise FeedbackNotFound(f"region {roi_id} does not exist (GET /api/rois lists "
-                                       "them)")
-            old = _roi_row(row)
+            old = _roi_row(self._roi_in(conn, roi_id))
             new = {**old, **changes}
             try:
                 validate_roi(new["shape"], new["kind"], new["points"], new["weight"])
