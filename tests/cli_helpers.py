@@ -18,3 +18,35 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600,
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([str(exe), *args[1:]], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def dataset_arrays(n: int = 12, size: int = 8, fixated: float = 0.1) -> dict:
+    """Keyword arguments of ``write_dataset`` for a tiny valid 3-class set; ``fixated`` is the
+    share of pixels with a fixation."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return dict(
+        images=rng.integers(0, 255, (n, 1, size, size), dtype=np.uint8),
+        labels=np.arange(n) % 3,
+        split=np.arange(n) % 3,
+        ids=[f"img{i:03d}" for i in range(n)],
+        class_names=["Normal", "CHF", "pneumonia"],
+        gaze=rng.random((n, size, size)).astype(np.float32),
+        fixations=rng.random((n, size, size)) > 1 - fixated,
+        confounder=np.zeros((n, size, size), bool),
+    )
+
+
+def feedback_cli(capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    """``mimic-feedback ARGS`` in this process: (exit code, stdout, stderr)."""
+    from mimic_runner.cli.feedback import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

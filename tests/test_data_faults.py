@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_helpers import dataset_arrays
 
 from mimic_runner.cli.data import main as data_main
 from mimic_runner.data import schema
@@ -27,17 +28,7 @@ from mimic_runner.errors import DatasetError, UserError
 
 
 def _arrays(n: int = 12, size: int = 8) -> dict:
-    rng = np.random.default_rng(0)
-    return dict(
-        images=rng.integers(0, 255, (n, 1, size, size), dtype=np.uint8),
-        labels=np.arange(n) % 3,
-        split=np.arange(n) % 3,
-        ids=[f"img{i:03d}" for i in range(n)],
-        class_names=["Normal", "CHF", "pneumonia"],
-        gaze=rng.random((n, size, size)).astype(np.float32),
-        fixations=rng.random((n, size, size)) > 0.5,
-        confounder=np.zeros((n, size, size), bool),
-    )
+    return dataset_arrays(n, size, fixated=0.5)
 
 
 @pytest.fixture

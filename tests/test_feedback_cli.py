@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from cli_helpers import feedback_cli
 
 from mimic_runner.feedback.runs import untrained_run
 from mimic_runner.feedback.store import sha256_file
@@ -28,18 +29,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return untrained_run(tmp_path_factory.mktemp("cli-run"), OVERRIDES)
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``mimic-feedback ARGS`` in this process: (exit code, stdout, stderr)."""
-    from mimic_runner.cli.feedback import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+_cli = feedback_cli
 
 
 def _one_error_line(code: int, err: str) -> str:

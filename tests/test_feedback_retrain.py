@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import feedback_cli
 from filelock import FileLock
 
 from mimic_runner.analysis.load import LoadedRun, load_run
@@ -150,18 +151,7 @@ def test_accept_then_rollback_restores_identical_weights(session: FeedbackSessio
     assert session.status()["weights_sha256"] == start  # reloaded from the verified file
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run ``mimic-feedback ARGS`` in this process: (exit code, stdout, stderr)."""
-    from mimic_runner.cli.feedback import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+_cli = feedback_cli
 
 
 @pytest.mark.slow
