@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,84 @@ def _reason(exc: OSError) -> str:
     return no_room(exc) or exc.strerror or type(exc).__name__
 
 
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words (``mode`` from :func:`os.stat`)."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _stat_error(exc: OSError, path: Path, what: str) -> str:
+    """One line for a path that cannot even be looked at (too long, no permission, ...)."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return (f"{what}: the path {str(path)[:80]}... is too long (a component or the whole "
+                "path exceeds the file system's limit); choose a shorter name")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return f"{what}: {path} does not exist"
+    if exc.errno == errno.ELOOP:
+        return f"{what}: {path} is a loop of symbolic links"
+    return f"{what}: cannot look at {path} ({exc.strerror or type(exc).__name__})"
+
+
+def require_regular_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse, before it is opened, an input that is not an existing regular file.
+
+    A FIFO would block the reader until someone writes into it, a device would be read forever,
+    a folder or socket would fail somewhere deep inside the reader. Symbolic links are followed
+    (a link to a regular file is fine). ``what`` names where the path came from (``data.path``,
+    ``mimic-data info``) and starts the one-line :class:`~mimic_runner.errors.UserError`.
+    Returns the path.
+    """
+    from mimic_runner.errors import UserError
+
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except (OSError, ValueError) as exc:  # ValueError: an embedded NUL byte
+        if isinstance(exc, ValueError):
+            raise UserError(f"{what}: {path!r} is not a valid path") from None
+        raise UserError(_stat_error(exc, p, what)) from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what}: {p} is {_kind(mode)}, not a regular file; give a file")
+    return p
+
+
+def refuse_non_regular_output(path: str | os.PathLike[str], what: str | None = None) -> Path:
+    """Refuse an output path whose current occupant is not a regular file.
+
+    Replacing a FIFO, device, socket or folder with a written file is never what was meant
+    (as root, ``--out /dev/null --overwrite`` would replace the system's ``/dev/null``). A
+    symbolic link is judged by what it points to (a dangling one is fine: the link is replaced).
+    Nothing there, or a regular file, passes. Returns the path.
+    """
+    from mimic_runner.errors import UserError
+
+    p = Path(path)
+    label = f"{what}: {p}" if what else str(p)
+    try:
+        mode = os.lstat(p).st_mode
+        if stat.S_ISLNK(mode):
+            mode = os.stat(p).st_mode
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValueError):
+            raise UserError(f"{label!r} is not a valid path") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # nothing there (or a file as a folder:
+            return p  # check_output_dir words that)
+        raise UserError(_stat_error(exc, p, what or "output")) from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{label} is {_kind(mode)}, not a regular file; refusing to replace "
+                        "it, choose another output path")
+    return p
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -27,11 +107,13 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     full disk can cut short) and is flushed to disk before the rename. A folder that cannot be
     made or written is a :class:`~mimic_runner.errors.UserError`; a full disk while writing is
     the ``OSError`` it is, with the final path as its ``filename`` (a one-line message at the
-    CLI, :func:`~mimic_runner.errors.exit_on_user_error`).
+    CLI, :func:`~mimic_runner.errors.exit_on_user_error`). An existing ``path`` that is not a
+    regular file (FIFO, device, socket, folder) is refused, overwrite or not
+    (:func:`refuse_non_regular_output`), and checked again just before the rename.
     """
     from mimic_runner.errors import UserError
 
-    final = Path(path)
+    final = refuse_non_regular_output(path)
     if final.exists() and not overwrite:
         raise UserError(f"{final}: output exists; pass --overwrite to replace it")
     try:
@@ -51,6 +133,7 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     try:
         yield tmp_path
         _fsync(tmp_path)
+        refuse_non_regular_output(final)  # something may have appeared there meanwhile
         os.replace(tmp_path, final)
     except OSError as exc:
         if _is_room(exc):  # name the file the user asked for, not the temporary one
@@ -130,14 +213,16 @@ def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
 
 
 def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
-    """Refuse, before any work, an output file that cannot be written (a folder in its place,
-    or a folder that cannot be made or written to: :func:`check_output_dir`)."""
+    """Refuse, before any work, an output file that cannot be written (a folder, FIFO, device
+    or socket in its place, or a folder that cannot be made or written to:
+    :func:`check_output_dir`)."""
     from mimic_runner.errors import UserError
 
     out = Path(path)
     if out.is_dir():
         raise UserError(f"{what}: {out} is a folder; give a file name such as "
                         f"{out / 'result.json'}")
+    refuse_non_regular_output(out, what)
     check_output_dir(out.parent, f"{what} {out}")
     return out
 

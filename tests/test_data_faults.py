@@ -299,3 +299,59 @@ def test_mimic_run_prints_one_line(good: Path, case: str, cli) -> None:  # type:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and BAD_FILES[case][1] in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- non-regular files
+
+
+def test_require_regular_file_refuses_what_is_not_a_file(tmp_path: Path) -> None:
+    import socket
+
+    from mimic_runner.io import require_regular_file
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "s"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    try:
+        for path, kind in [(fifo, "a FIFO"), (tmp_path, "a folder"), (sock_path, "a socket"),
+                           (tmp_path / "missing.h5", "does not exist"),
+                           (tmp_path / ("x" * 300 + ".h5"), "too long")]:
+            with pytest.raises(UserError, match=kind) as exc:
+                require_regular_file(path, "data.path")
+            assert str(exc.value).startswith("data.path: ") and "\n" not in str(exc.value)
+    finally:
+        sock.close()
+    regular = tmp_path / "ok.h5"
+    regular.write_bytes(b"x")
+    link = tmp_path / "link.h5"
+    link.symlink_to(regular)
+    assert require_regular_file(link, "data.path") == link
+
+
+def test_overwrite_never_replaces_a_fifo(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's `--out /dev/null --overwrite` as root, on a FIFO made here (never the real
+    /dev/null): refused in one line before any work, the FIFO still a FIFO."""
+    import stat
+
+    from mimic_runner.io import atomic_path, write_json
+
+    fifo = tmp_path / "out.h5"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as exc:
+        data_main(["synth-cxr", "--out", str(fifo), "--n", "30", "--overwrite"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "FIFO" in err and len(err.splitlines()) == 1
+    with pytest.raises(UserError, match="FIFO"):
+        write_json(fifo, {"a": 1})
+    with pytest.raises(UserError, match="FIFO"), atomic_path(fifo, overwrite=True):
+        pass
+    link = tmp_path / "link.json"  # a link to a FIFO is judged by what it points to
+    link.symlink_to(fifo)
+    with pytest.raises(UserError, match="FIFO"):
+        write_json(link, {"a": 1})
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "out.h5"]

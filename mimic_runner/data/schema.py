@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from mimic_runner.errors import DatasetError, UserError, no_room
-from mimic_runner.io import atomic_path, check_output_dir, hdf5_image
+from mimic_runner.io import atomic_path, check_output_dir, hdf5_image, refuse_non_regular_output
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -71,12 +71,14 @@ class DatasetInfo:
 
 def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> Path:
     """Refuse, before any work is done, an output file that cannot be written: a folder in its
-    place, an existing file without ``overwrite``, or a folder that cannot be made or written
+    place, a FIFO, device or socket (even with ``overwrite``), an existing file without
+    ``overwrite``, or a folder that cannot be made or written
     (:func:`mimic_runner.io.check_output_dir`). Raises a :class:`UserError` naming the path."""
     out = Path(path)
     if out.is_dir():
         raise UserError(f"{out}: output is a directory; give a file name such as "
                         f"{out / 'data.h5'}")
+    refuse_non_regular_output(out)  # a FIFO or device is refused even with overwrite
     if out.exists() and not overwrite:
         raise UserError(f"{out}: output exists; pass --overwrite to replace it")
     check_output_dir(out.parent, str(out))
