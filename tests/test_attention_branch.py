@@ -17,7 +17,7 @@ from mimic_runner.models.attention_branch import (
     parse_apply_at,
 )
 from mimic_runner.models.backbones import build_backbone
-from mimic_runner.training.attention import AttentionBranchModule, attention_maps
+from mimic_runner.training.modules import AttentionBranchModule, attention_maps
 
 BACKBONE = partial(build_backbone, name="small_cnn")
 OPT = partial(torch.optim.Adam, lr=1e-3)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mimic_runner.feedback.roi import ROI, mass_share, roi_masks
-from mimic_runner.training.attention import AttentionBranchModule
+from mimic_runner.training.modules import AttentionBranchModule
 
 MAX_LISTED = 200  # per-image rows returned for the feedback images / changed predictions
 #: Figures over fewer images than this are marked ``"meaningful": false`` (the page says so).

@@ -29,7 +29,7 @@ from mimic_runner.data.datamodule import EpochSeededSampler
 from mimic_runner.feedback.diff import evaluate_version, feedback_masks, forward_maps
 from mimic_runner.feedback.roi import TARGET_MODES, edited_target, feedback_loss
 from mimic_runner.feedback.store import FeedbackConflict, FeedbackInvalid, publish_new
-from mimic_runner.training.attention import AttentionBranchModule, attention_maps
+from mimic_runner.training.modules import AttentionBranchModule, attention_maps
 
 if TYPE_CHECKING:
     from mimic_runner.feedback.session import FeedbackSession

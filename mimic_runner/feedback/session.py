@@ -30,7 +30,7 @@ from mimic_runner.feedback.store import (
     roi_from_row,
     sha256_file,
 )
-from mimic_runner.training.attention import AttentionBranchModule
+from mimic_runner.training.modules import AttentionBranchModule
 
 #: Splits whose images may carry feedback: retraining learns from them, so held-out images
 #: (val, test) stay untouched and the differences measured on them stay honest.

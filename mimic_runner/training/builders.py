@@ -28,6 +28,11 @@ from mimic_runner.training.modules import ExplainedClassifier
 
 # The config sections a model is rebuilt from (saved in every checkpoint).
 MODEL_SECTIONS = ("model", "backbone", "explain")
+# Class paths that checkpoints and run folders of earlier versions store, and where they live now.
+LEGACY_TARGETS = {
+    "mimic_runner.training.attention.AttentionBranchModule":
+        "mimic_runner.training.modules.AttentionBranchModule",
+}
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,11 @@ def build_module(cfg: DictConfig, data: HDF5DataModule | DataShape) -> Explained
     that :func:`~mimic_runner.training.checkpoint.load_checkpoint` needs nothing else."""
     shape = data if isinstance(data, DataShape) else DataShape.of(data)
     factory, explain_layer = backbone_factory(cfg)
+    model_cfg = cfg.model
+    if model_cfg.get("_target_") in LEGACY_TARGETS:
+        model_cfg = OmegaConf.merge(model_cfg, {"_target_": LEGACY_TARGETS[model_cfg._target_]})
     module = _instantiate(
-        cfg.model, backbone=factory, in_channels=shape.in_channels,
+        model_cfg, backbone=factory, in_channels=shape.in_channels,
         num_classes=shape.num_classes, maps=tuple(shape.maps),
         explain_target=cfg.explain.target, explain_layer=explain_layer,
         nss_variant=cfg.explain.nss_variant, class_names=tuple(shape.class_names),

@@ -14,7 +14,7 @@ from mimic_runner.errors import UserError
 from mimic_runner.models.attention_branch import AttentionBranchNet
 from mimic_runner.models.classifier import BackboneFactory
 from mimic_runner.models.output import ModelOutput
-from mimic_runner.training.modules import ExplainedClassifier
+from mimic_runner.training.modules.base import ExplainedClassifier
 
 EXPLANATIONS = ("attention", "gradcam")
 

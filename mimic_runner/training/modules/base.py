@@ -1,0 +1,222 @@
+"""The base LightningModule of every model, and the paper's baseline.
+
+Every module exposes ``explain(out, targets, size)`` — the map evaluated against human
+attention — so evaluation, reports and explanation tools treat all models alike. Modules only
+wire networks, losses and metrics together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
+
+from mimic_runner.errors import UserError
+from mimic_runner.explain.gradcam import grad_cam
+from mimic_runner.metrics.evaluation import RunEvaluation
+from mimic_runner.metrics.references import mean_gaze_map
+from mimic_runner.models.classifier import BackboneFactory, ClassifierNet
+from mimic_runner.models.output import ModelOutput
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class ExplainedClassifier(L.LightningModule):
+    """Base: cross-entropy training, accuracy/AUROC, and test-time explanation metrics.
+
+    Subclasses build ``self.net`` (returning :class:`ModelOutput`) and may extend
+    :meth:`loss`. ``explain_target`` chooses the class explained at test time (``pred`` or
+    ``label``).
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneFactory,
+        in_channels: int,
+        num_classes: int,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        name: str = "model",
+        ensemble_size: int = 1,
+        explain_target: str = "pred",
+        explain_layer: int = -1,
+        maps: tuple[str, ...] = (),
+        nss_variant: str = "auto",
+        channels_last: bool = False,
+        class_names: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        if explain_target not in ("pred", "label"):
+            raise UserError(f"explain.target='{explain_target}': use pred or label")
+        self.model_name = name
+        self.num_classes = num_classes
+        self.ensemble_size = ensemble_size
+        self.explain_target = explain_target
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.net = self.build_net(backbone, in_channels, num_classes, explain_layer)
+        if channels_last:  # NHWC conv weights: ~30% faster small_cnn steps on CPU (BENCHMARKS.md)
+            self.net.to(memory_format=torch.channels_last)
+        kw = {"num_classes": num_classes}
+        def accuracy_auroc(prefix: str = "") -> MetricCollection:
+            return MetricCollection({"acc": MulticlassAccuracy(average="micro", **kw),
+                                     "auroc": MulticlassAUROC(average="macro", **kw)},
+                                    prefix=prefix)
+
+        self.val_metrics = accuracy_auroc("val/")
+        self.test_metrics = accuracy_auroc()  # its loop's split prefixes the keys
+        self.train_acc = MulticlassAccuracy(average="micro", **kw)
+        names = tuple(class_names) or tuple(str(k) for k in range(num_classes))
+        self.evaluation = RunEvaluation(maps=tuple(maps), class_names=names,
+                                        nss_variant=nss_variant, ensemble_size=ensemble_size)
+        # The split a test loop evaluates ("test", or "val" for the tuning pass): the prefix
+        # of its keys. The last test loop's results, as plain numbers and lists.
+        self.eval_split = "test"
+        self.test_results: dict[str, Any] = {}
+        # (mean, std) of (1, C, 1, 1) that inputs are normalised with; set by load_checkpoint.
+        self.input_normalisation: tuple[Tensor, Tensor] | None = None
+
+    # -- to be specialised ---------------------------------------------------------------------
+    def build_net(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
+                  explain_layer: int) -> nn.Module:
+        return ClassifierNet(backbone, in_channels, num_classes, explain_layer=explain_layer)
+
+    def loss(self, out: ModelOutput, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss and extra values to log (under ``train/``)."""
+        return F.cross_entropy(out.logits, batch["label"]), {}
+
+    def explain(self, out: ModelOutput, targets: Tensor, size: tuple[int, int],
+                create_graph: bool = False) -> Tensor:
+        """The model's explanation of ``targets``: (B, H, W) maps in [0, 1]."""
+        return grad_cam(out.logits, out.features, targets, size=size, create_graph=create_graph)
+
+    # -- Lightning ---------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> ModelOutput:
+        return self.net(x)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.net(batch["image"])
+        loss, extras = self.loss(out, batch)
+        bs = len(batch["label"])
+        self.train_acc(out.logits.detach(), batch["label"])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
+        for k, v in extras.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out = self.net(batch["image"])
+        loss = F.nll_loss(out.logits.log_softmax(-1), batch["label"])
+        self.val_metrics.update(out.logits, batch["label"])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def explain_with_members(self, out: ModelOutput, targets: Tensor, size: tuple[int, int]
+                             ) -> tuple[Tensor, Tensor | None]:
+        """The explanation (B, H, W) and, for ensembles, the members' maps (N, B, H, W)."""
+        return self.explain(out, targets, size), None
+
+    def explain_batch(self, batch: dict[str, Tensor], with_label_maps: bool = False
+                      ) -> tuple[ModelOutput, Tensor, Tensor | None]:
+        """Forward + explanation of a batch, with gradients on even under ``no_grad``.
+
+        Returns the (detached) output, the maps (B, H, W) and the members' maps or None. With
+        ``with_label_maps`` the maps of the true label are in ``out.extras["label_maps"]``
+        (the same forward pass; the maps themselves when the explained class is the label).
+        """
+        x = batch["image"]
+        size = tuple(x.shape[-2:])
+        with torch.enable_grad():
+            out = self.net(x)
+            pred = out.logits.argmax(-1)
+            targets = pred if self.explain_target == "pred" else batch["label"]
+            maps, members = self.explain_with_members(out, targets, size=size)
+            label_maps = None
+            if with_label_maps:
+                label_maps = (maps if self.explain_target == "label"
+                              else self.explain(out, batch["label"], size=size))
+        extras = {k: v.detach() for k, v in out.extras.items()}
+        if label_maps is not None:
+            extras["label_maps"] = label_maps.detach()
+        out = ModelOutput(logits=out.logits.detach(), features=out.features.detach(),
+                          member_logits=None if out.member_logits is None
+                          else out.member_logits.detach(), extras=extras)
+        return out, maps.detach(), None if members is None else members.detach()
+
+    def on_test_epoch_start(self) -> None:
+        # The reference map "mean gaze" averages the training split's gaze (never test's).
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        train = getattr(dm, "splits", {}).get("train") if dm is not None else None
+        if train is not None and "gaze" in train.tensors and len(train.tensors["gaze"]):
+            self.evaluation.set_mean_gaze(mean_gaze_map(train.tensors["gaze"]).to(self.device))
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        out, maps, members = self.explain_batch(batch, with_label_maps=True)
+        preds = out.logits.argmax(-1)
+        self.test_metrics.update(out.logits, batch["label"])
+        self.evaluation.update(batch, maps, preds, label_maps=out.extras["label_maps"],
+                               members=members, grid=tuple(out.features.shape[-2:]))
+        self.extra_test_metrics(out, batch, members)
+        return {"maps": maps, "logits": out.logits, "index": batch["index"]}
+
+    def extra_test_metrics(self, out: ModelOutput, batch: dict[str, Tensor],
+                           member_maps: Tensor | None) -> None:
+        """Hook for model-specific test metrics (reported by :meth:`extra_test_results`)."""
+
+    def extra_test_results(self) -> dict[str, float]:
+        """Model-specific results of the test loop, keys without the split prefix."""
+        return {}
+
+    def on_test_epoch_end(self) -> None:
+        split = self.eval_split
+        results: dict[str, Any] = {f"{split}/{k}": float(v)
+                                   for k, v in self.test_metrics.compute().items()}
+        results.update(self.evaluation.compute(split))
+        results.update({f"{split}/{k}": v for k, v in self.extra_test_results().items()})
+        self.test_results = results
+        # Scalars to the loggers (lists and undefined values live in metrics.json only).
+        self.log_dict({k: v for k, v in results.items()
+                       if isinstance(v, float) and math.isfinite(v)})
+        self.test_metrics.reset()
+        self.evaluation.reset()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "epoch"}}
+
+    # Global RNG state travels with the checkpoint, so a resumed run draws the same dropout
+    # masks etc. as an uninterrupted one.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(dm, "mean", None) is not None:  # what load_checkpoint's users feed it
+            checkpoint["input_normalisation"] = {"mean": dm.mean.flatten().tolist(),
+                                                 "std": dm.std.flatten().tolist()}
+        checkpoint["rng_torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["rng_cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_torch" in checkpoint:
+            torch.set_rng_state(checkpoint["rng_torch"])
+        if "rng_cuda" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng_cuda"])
+
+
+class BaselineModule(ExplainedClassifier):
+    """The paper's baseline: backbone, global average pooling, linear head, cross-entropy."""
