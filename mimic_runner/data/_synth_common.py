@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from mimic_runner.data import _portable_math as pm
 from mimic_runner.errors import UserError
 
 # Corner slots for the shortcut marker, in the order classes are assigned to them:
@@ -273,26 +274,55 @@ def fixation_maps(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
     either axis (the kernel of ``scipy.ndimage.gaussian_filter`` with ``mode="constant"``), and
     ``fixations`` bool (B, H, W).
 
-    Each Gaussian is separable, so the whole batch is one batched matrix product
-    ``gy^T @ gx`` of per-fixation row and column profiles: much cheaper than filtering
-    full-size images, and exactly 0 wherever every profile product is 0.
+    Each Gaussian is separable, so the whole batch is a sum of outer products of
+    per-fixation row and column profiles (:func:`sum_of_outer_products`): much cheaper than
+    filtering full-size images, exactly 0 wherever every profile product is 0, and the same
+    bits on every CPU. The profile takes its values from a table over the integer offsets,
+    computed with Python's ``math.exp``, so no SIMD kernel of numpy touches them either.
     """
     _, h, w = shape
     radius = truncation_radius(sigma, truncate)
-    taps = np.arange(-radius, radius + 1)
-    norm = np.exp(-0.5 * (taps / sigma) ** 2).sum()
+    table = np.array([math.exp(-0.5 * (t / sigma) ** 2) for t in range(-radius, radius + 1)])
+    table /= math.fsum(table)  # fsum: an exactly rounded sum, independent of summation order
 
     def profile(centres: np.ndarray, length: int) -> np.ndarray:  # (B, k) -> (B, k, length)
         d = np.arange(length)[None, None, :] - centres[:, :, None]
-        g = np.exp(-0.5 * (d / sigma) ** 2) / norm
-        return np.where(np.abs(d) <= radius, g, 0.0).astype(np.float32)
+        inside = np.abs(d) <= radius
+        return np.where(inside, table[np.clip(d + radius, 0, 2 * radius)], 0.0)
 
-    gy = profile(rows, h) * weights[:, :, None].astype(np.float32)
-    gaze = np.matmul(gy.transpose(0, 2, 1), profile(cols, w))
+    gy = profile(rows, h) * weights[:, :, None].astype(np.float32).astype(np.float64)
+    gaze = sum_of_outer_products(gy, profile(cols, w))
     fixations = np.zeros(shape, dtype=bool)
     keep = weights > 0
     fixations[np.nonzero(keep)[0], rows[keep], cols[keep]] = True
     return gaze, fixations
+
+
+def sum_of_outer_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_k a[:, k, :, None] * b[:, k, None, :]`` as float32 (B, H, W), the same on any CPU.
+
+    ``a``: (B, k, H), ``b``: (B, k, W). This is the batched matrix product ``a^T @ b``, but
+    ``np.matmul`` hands it to BLAS, whose summation order depends on the kernel the CPU selects
+    (OpenBLAS's Haswell and SkylakeX kernels differ in the last bit). Here every term is added
+    in the order of ``k``, in float64, with elementwise operations only (exact IEEE arithmetic
+    whatever the SIMD width), and rounded to float32 once at the end.
+    """
+    out = np.zeros((a.shape[0], a.shape[2], b.shape[2]), dtype=np.float64)
+    for k in range(a.shape[1]):
+        out += a[:, k, :, None] * b[:, k, None, :]
+    return out.astype(np.float32)
+
+
+def sum_in_order(a: np.ndarray) -> np.ndarray:
+    """The sum over the last axis of ``a``, added left to right: (..., k) -> (...).
+
+    numpy's reductions may add in an order that depends on the SIMD width they were built for;
+    this one does not.
+    """
+    out = np.zeros(a.shape[:-1], dtype=a.dtype)
+    for k in range(a.shape[-1]):
+        out += a[..., k]
+    return out
 
 
 def smooth_noise_bank(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
@@ -302,9 +332,9 @@ def smooth_noise_bank(rng: np.random.Generator, size: int, sigma: float) -> np.n
     Filtering one field and cropping it at random offsets costs far less than filtering a fresh
     noise image per image.
     """
-    field = ndimage.gaussian_filter(rng.standard_normal((3 * size, 3 * size), dtype=np.float32),
-                                    sigma, mode="wrap")
-    field /= field.std()
+    field = pm.gaussian_filter(rng.standard_normal((3 * size, 3 * size), dtype=np.float32),
+                               sigma, mode="wrap").astype(np.float32)
+    field /= np.float32(pm.std(field))
     return field
 
 

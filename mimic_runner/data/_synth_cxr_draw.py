@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from mimic_runner.data import _portable_math as pm
 from mimic_runner.data import _synth_common as common
 
 NORMAL, CHF, PNEUMONIA = 0, 1, 2
@@ -57,23 +58,23 @@ def _atlas(grid: int) -> np.ndarray:
     half_w = 0.20 + 0.10 * t
     dv = v + 0.02
     r = np.sqrt(((au - (0.39 + 0.03 * t)) / half_w) ** 2
-                + np.where(dv < 0, (dv / 0.80) ** 2, (dv / 0.80) ** 6))
+                + np.where(dv < 0, (dv / 0.80) ** 2, ((dv / 0.80) ** 2) ** 3))
     dome = 0.455 + 0.035 * np.sign(u) + 2.6 * (au - 0.38) ** 2
     lung_dist = np.maximum(np.maximum((r - 1) * half_w, v - dome), 0.09 - au)
     upper = np.maximum(au - (0.10 + 0.05 * np.clip(v + 0.7, 0, 1)), np.abs(v + 0.05) - 0.8)
     mediastinum = _ramp(np.minimum(upper, _ellipse(u, v, 0.13, -0.28, 0.07, 0.07)), _EDGE)
     air = _ramp(lung_dist, _EDGE) * (1 - mediastinum)
-    spine = _ramp(au - 0.065, _EDGE) * (0.75 + 0.25 * np.cos((2 * np.pi * 7.5) * v))
+    spine = _ramp(au - 0.065, _EDGE) * (0.75 + 0.25 * pm.cos((2 * np.pi * 7.5) * v))
     trachea = _ramp(np.maximum(au - 0.028, v + 0.22), _EDGE)
     # Posterior ribs: bands curving down laterally; clavicles rising towards the shoulders.
-    ribs = np.clip(1.8 * np.cos((2 * np.pi * 5.2) * (v - 0.32 * u * u)) - 0.8, 0, 1)
+    ribs = np.clip(1.8 * pm.cos((2 * np.pi * 5.2) * (v - 0.32 * u * u)) - 0.8, 0, 1)
     ribs *= _ramp(np.maximum(_ellipse(au, v, 0.40, -0.02, 0.36, 0.72), 0.07 - au), 0.1)
     clav = _ramp(np.maximum(np.abs(v + 0.56 + 0.22 * (au - 0.1)) - 0.035,
                             np.abs(au - 0.35) - 0.27), _EDGE)
     gastric = _ramp(_ellipse(u, v, 0.36, 0.66, 0.11, 0.055), _EDGE)  # stomach gas bubble
     base = (0.05 + 0.50 * body + 0.12 * mediastinum + 0.07 * spine
             + (0.08 * ribs + 0.10 * clav - 0.10 * trachea - 0.12 * gastric) * body)
-    haze = np.exp(-((au - 0.22) ** 2 / (2 * 0.13**2) + (v - 0.05) ** 2 / (2 * 0.2**2))) * air
+    haze = pm.exp(-((au - 0.22) ** 2 / (2 * 0.13**2) + (v - 0.05) ** 2 / (2 * 0.2**2))) * air
     inner = (lung_dist < -0.08) & (mediastinum < 0.01)
     layers = [base, air, body, inner, haze]
     return np.stack([np.broadcast_to(a, (grid, grid)).ravel() for a in layers]).astype(np.float32)
@@ -107,7 +108,7 @@ def _draw_chunk(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarray,
 
     # Anatomical coordinates (u, v) undo the image's shift, rotation and scale:
     # u = (cos (x - tu) + sin (y - tv)) / su, v = (cos (y - tv) - sin (x - tu)) / sv.
-    cos, sin = np.cos(pose["rot"]), np.sin(pose["rot"])
+    cos, sin = pm.cos(pose["rot"]), pm.sin(pose["rot"])
     tu, tv, su, sv = pose["tu"], pose["tv"], pose["su"], pose["sv"]
     u_coef = (cos / su, sin / su, -(cos * tu + sin * tv) / su)
     v_coef = (-sin / sv, cos / sv, (sin * tu - cos * tv) / sv)
@@ -126,7 +127,7 @@ def _draw_chunk(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarray,
     hs = heart_scale
     centre_u, centre_v = 0.11 + 0.12 * (hs - 1), 0.61 - 0.22 * hs
     half_a, half_b = 0.31 * hs, 0.21 * hs
-    ca, sa = np.cos(0.45), np.sin(0.45)
+    ca, sa = float(pm.cos(0.45)), float(pm.sin(0.45))
     du = (u_coef[0], u_coef[1], u_coef[2] - centre_u)  # u - centre_u
     dv = (v_coef[0], v_coef[1], v_coef[2] - centre_v)
     eu = affine(*((ca * a + sa * b) / half_a for a, b in zip(du, dv)))
@@ -159,7 +160,8 @@ def _draw_chunk(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarray,
         finding_w[is_pna] = blobs * (blobs > 0.5)
 
     # Acquisition: contrast, brightness, gamma, then noise (uniform, scaled to std `noise`).
-    img = np.clip(density * col(look["contrast"]) + col(look["bright"]), 0, 1) ** col(look["gamma"])
+    img = pm.power(np.clip(density * col(look["contrast"]) + col(look["bright"]), 0, 1),
+                   col(look["gamma"]))
     img += (rng.random(img.shape, dtype=f32) - 0.5) * f32(p["noise"] * np.sqrt(12))
 
     maps = {
@@ -201,10 +203,10 @@ def _consolidations(p: dict[str, Any], rng: np.random.Generator, inner: np.ndarr
 
     def profile(centre: np.ndarray) -> np.ndarray:  # (B, 2, 3) -> (B, 6, S)
         z = (pix - centre.reshape(bsz, 6, 1)) / lobe_r.reshape(bsz, 6, 1)
-        return np.exp(-0.5 * z * z).astype(np.float32)
+        return pm.exp(-0.5 * z * z).astype(np.float32).astype(np.float64)
 
     gy = profile(lobe_row) * on.reshape(bsz, 6, 1)
-    field = np.matmul(gy.transpose(0, 2, 1), profile(lobe_col))
+    field = common.sum_of_outer_products(gy, profile(lobe_col))
     return np.clip(field, 0.0, 1.0)
 
 
@@ -238,9 +240,9 @@ def _simulate_gaze(p: dict[str, Any], rng: np.random.Generator, labels: np.ndarr
     if focus > 0:  # skipped at 0 so that the default's float arithmetic is untouched
         # Move that share of the scan dwell onto the finding fixations, in proportion to their
         # own dwell: the radiologist looks where the finding is, for as long as before.
-        found = w_find.sum(1)
+        found = common.sum_in_order(w_find)
         on = abnormal & has & (found > 0)
-        moved = focus * w_scan[on, :n_scan].sum(1)
+        moved = focus * common.sum_in_order(w_scan[on, :n_scan])
         w_scan[on, :n_scan] *= 1 - focus
         w_find[on] *= (1 + moved / found[on])[:, None]
     rows, cols = np.concatenate([sr, fr], 1), np.concatenate([sc, fc], 1)

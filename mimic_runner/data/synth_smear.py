@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from mimic_runner.data import _portable_math as pm
 from mimic_runner.data import _synth_common as common
 
 SOURCE = "synth_smear"
 # Bump when the same parameters would give other arrays: it keys the generated-data cache.
-GENERATOR_VERSION = 1
+# 2: bit-identical on every CPU (portable exp/sin/cos/arctan2 and Gaussian filter).
+GENERATOR_VERSION = 2
 CLASS_NAMES = ("Parasitized", "Uninfected")
 PARASITIZED, UNINFECTED = 0, 1
 _CHUNK = 32  # images per vectorised block
@@ -160,8 +162,8 @@ def generate_with_truth(
         images[sl] = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
         fix = maps["parasites"]
         spread = ndimage.binary_dilation(fix, structure=np.ones((1, 3, 3), dtype=bool))
-        gaze[sl] = ndimage.gaussian_filter(spread.astype(np.float32), (0, sigma, sigma),
-                                           truncate=_TRUNCATE, mode="constant")
+        gaze[sl] = pm.gaussian_filter(spread.astype(np.float32), (0, sigma, sigma),
+                                      truncate=_TRUNCATE, mode="constant")
         fixations[sl] = fix
         for key in truth:
             truth[key][sl] = maps[key]
@@ -232,13 +234,13 @@ def _draw_chunk(p: dict[str, Any], rng: np.random.Generator, n_parasites: np.nda
     ecc = rng.uniform(0, 0.12, bsz)
     theta = rng.uniform(0, np.pi, bsz)
     dx, dy = x - col(rng.normal(0, 0.04, bsz)), y - col(rng.normal(0, 0.04, bsz))
-    ct, st = col(np.cos(theta)), col(np.sin(theta))
+    ct, st = col(pm.cos(theta)), col(pm.sin(theta))
     du, dv = ct * dx + st * dy, ct * dy - st * dx
     rho = np.sqrt((du / col(radius * (1 + ecc))) ** 2 + (dv / col(radius * (1 - ecc))) ** 2)
-    phi = np.arctan2(dv, du)
+    phi = pm.arctan2(dv, du)
     wobble = np.ones_like(rho)
     for k in (2, 3, 4):
-        wobble += col(rng.normal(0, 0.025, bsz)) * np.cos(k * phi + col(rng.uniform(0, 6.3, bsz)))
+        wobble += col(rng.normal(0, 0.025, bsz)) * pm.cos(k * phi + col(rng.uniform(0, 6.3, bsz)))
     rho /= wobble
     cell = np.clip((1 - rho) * col(radius) / _EDGE + 0.5, 0, 1)
 
@@ -269,11 +271,11 @@ def _draw_chunk(p: dict[str, Any], rng: np.random.Generator, n_parasites: np.nda
         cy, cx = lin[pr[on, k]][:, None, None], lin[pc[on, k]][:, None, None]
         ring_r = col(p["parasite_size"] * rng.uniform(0.7, 1.3, bsz)[on])
         dist = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
-        ring = np.exp(-0.5 * ((dist - ring_r) / f32(0.03)) ** 2)
+        ring = pm.exp(-0.5 * ((dist - ring_r) / f32(0.03)) ** 2)
         # The chromatin dot sits on the ring at a random angle.
         ang = rng.uniform(0, 2 * np.pi, bsz)[on]
-        dot_y, dot_x = cy + ring_r * col(np.sin(ang)), cx + ring_r * col(np.cos(ang))
-        dot = np.exp(-((x - dot_x) ** 2 + (y - dot_y) ** 2) / f32(2 * 0.05**2))
+        dot_y, dot_x = cy + ring_r * col(pm.sin(ang)), cx + ring_r * col(pm.cos(ang))
+        dot = pm.exp(-((x - dot_x) ** 2 + (y - dot_y) ** 2) / f32(2 * 0.05**2))
         strength = col(rng.uniform(0.4, 1.0, bsz)[on])
         parasite[on] = np.maximum(parasite[on], strength * np.maximum(0.6 * ring, dot))
     parasite *= cell
@@ -289,7 +291,7 @@ def _draw_chunk(p: dict[str, Any], rng: np.random.Generator, n_parasites: np.nda
         cy, cx = lin[drows[on, k]][:, None, None], lin[dcols[on, k]][:, None, None]
         r = col(rng.uniform(0.035, 0.065, bsz)[on])
         debris[on] = np.maximum(debris[on],
-                                np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r)))
+                                pm.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r)))
     debris *= cell
 
     alpha_d = (p["debris_contrast"] * debris)[:, None]
