@@ -29,7 +29,7 @@ MEASURES = [("test/acc", "acc", 100.0), ("test/kld", "KLD", 1.0), ("test/nss", "
             ("test/confounder_share", "confounder share", 1.0),
             ("test/cam_disagreement", "disagreement", 1.0)]
 MODELS = ["baseline", "improved_unet", "normal_ensemble", "expl_ensemble"]
-REFS = ["uniform", "mean_gaze", "gaze_oracle"]
+REFS = ["uniform", "mean_gaze", "mean_gaze_grid", "own_gaze_grid"]
 
 
 def _f(v: float, d: int = 3) -> str:

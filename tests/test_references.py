@@ -10,9 +10,10 @@ import torch
 
 from mimic_runner.metrics.evaluation import RunEvaluation
 from mimic_runner.metrics.references import (
-    cumulative_member_means,
-    gaze_oracle,
+    cyclic_subset_means,
+    grid_like_cam,
     mean_gaze_map,
+    own_gaze_grid,
     uniform_maps,
 )
 from mimic_runner.metrics.saliency import MATLAB_EPS, gaze_on_zero, kld, kld_floor, nss
@@ -56,10 +57,10 @@ def test_kld_floor_bounds_the_zero_pixel_cost() -> None:
     assert float(kld(torch.zeros_like(gaze[0]), gaze[0])) > -math.log(MATLAB_EPS) / 2
 
 
-def test_gaze_oracle_beats_uniform_and_mean_gaze_on_smooth_gaze() -> None:
+def test_own_gaze_beats_uniform_and_mean_gaze_on_smooth_gaze() -> None:
     gaze = _smooth_gaze(8)
     fix = gaze > 0.8
-    oracle = gaze_oracle(gaze, (8, 8))
+    oracle = own_gaze_grid(gaze, (8, 8))
     assert oracle.shape == gaze.shape and float(oracle.min()) >= 0 and float(oracle.max()) <= 1
     uniform = uniform_maps(gaze)
     mean = mean_gaze_map(gaze).expand_as(gaze)
@@ -78,11 +79,34 @@ def test_mean_gaze_normalises_each_map_first_and_skips_empty_ones() -> None:
         mean_gaze_map(torch.zeros(2, 3, 3))
 
 
-def test_cumulative_member_means() -> None:
+def test_own_gaze_grid_is_not_an_upper_bound() -> None:
+    # A grid map built from the fixations themselves beats the pooled gaze on NSS: the
+    # reference once called "gaze oracle" is a reference, not a bound.
+    gaze = _smooth_gaze(8)
+    fix = gaze > 0.9
+    from_fixations = grid_like_cam(fix.float(), (8, 8))
+    assert float(nss(from_fixations, fix).mean()) > float(nss(own_gaze_grid(gaze, (8, 8)),
+                                                               fix).mean())
+
+
+def test_mean_gaze_grid_is_the_pooled_mean_gaze_postprocessed_like_a_cam() -> None:
+    gaze = _smooth_gaze(6)
+    mean = mean_gaze_map(gaze)
+    ref = grid_like_cam(mean.expand_as(gaze), (4, 4))
+    assert ref.shape == gaze.shape and float(ref.min()) >= 0 and float(ref.max()) <= 1
+    assert torch.unique(ref[0, 8:16, 8:16]).numel() > 4  # bilinear, not blocky
+    torch.testing.assert_close(ref[0], ref[5])  # one map for every image
+
+
+def test_cyclic_subset_means() -> None:
     members = torch.rand(4, 2, 5, 5)
-    cum = cumulative_member_means(members)
-    torch.testing.assert_close(cum[0], members[0])
-    torch.testing.assert_close(cum[2], members[:3].mean(0))
+    ones = cyclic_subset_means(members, 1)
+    torch.testing.assert_close(ones, members)
+    twos = cyclic_subset_means(members, 2)
+    torch.testing.assert_close(twos[3], (members[3] + members[0]) / 2)
+    torch.testing.assert_close(cyclic_subset_means(members, 4)[2], members.mean(0))
+    with pytest.raises(ValueError):
+        cyclic_subset_means(members, 5)
 
 
 def test_run_evaluation_keys_and_the_averaging_curve_ends_at_test_kld() -> None:
@@ -101,7 +125,12 @@ def test_run_evaluation_keys_and_the_averaging_curve_ends_at_test_kld() -> None:
     assert out["test/kld_at_k"][-1] == out["test/kld"]
     assert out["test/nss_at_k"][-1] == out["test/nss"]
     assert len(out["test/kld_at_k"]) == 3
-    for key in ("ref/uniform/kld", "ref/mean_gaze/nss", "ref/gaze_oracle/cc",
+    # k = 1 is the mean over the members of each member's own score, not member 0 alone.
+    singles = [float(kld(members[n], gaze).mean()) for n in range(3)]
+    assert out["test/kld_at_k"][0] == pytest.approx(sum(singles) / 3, rel=1e-5)
+    assert out["test/no_fixation_images"] == 0.0
+    for key in ("ref/uniform/kld", "ref/mean_gaze/nss", "ref/own_gaze_grid/cc",
+                "ref/mean_gaze_grid/kld", "ref/mean_gaze_grid/nss",
                 "test_label/kld", "test_correct/nss", "test_class/Normal/kld",
                 "test_class/pneu_monia/nss", "test/gaze_on_zero", "test/kld_floor"):
         assert key in out, key

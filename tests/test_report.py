@@ -274,7 +274,9 @@ def test_reference_rows_claim_test_diagnostics_and_warnings(tmp_path: Path) -> N
     explanation ensemble paired with the normal one, the zero-pixel diagnostics, and a warning
     that synthetic runs sit beside MIMIC-EGD values."""
     refs = {"ref/uniform/kld": 1.9, "ref/uniform/nss": 0.0, "ref/mean_gaze/kld": 1.0,
-            "ref/mean_gaze/nss": 1.4, "ref/gaze_oracle/kld": 0.1, "ref/gaze_oracle/nss": 2.9}
+            "ref/mean_gaze/nss": 1.4, "ref/mean_gaze_grid/kld": 1.2,
+            "ref/mean_gaze_grid/nss": 1.3, "ref/own_gaze_grid/kld": 0.1,
+            "ref/own_gaze_grid/nss": 2.9}
     expl_minus_normal = {1735: 0.5, 2948: 0.25, 4235: 0.75}
     for seed in (1735, 2948, 4235):
         diag = {"test/gaze_on_zero": 0.1, "test/kld_floor": 2.0, "test_label/kld": 3.0,
@@ -288,7 +290,8 @@ def test_reference_rows_claim_test_diagnostics_and_warnings(tmp_path: Path) -> N
     report = R.make_report(tmp_path, out_dir=tmp_path / "out", compare_paper=True)
     (t1,) = report.tables["table1"]
     assert [r.label for r in t1.references] == ["Uniform map", "Mean gaze (train)",
-                                               "Gaze oracle"]
+                                               "Mean gaze (train, model grid)",
+                                               "Own gaze (model grid)"]
     kld = {g.group: g for g in t1.stats if g.metric.key == "kld"}
     claim = kld["expl_ensemble"].claim
     assert claim is not None and claim.n == 3 and claim.mean_diff == pytest.approx(0.5)
@@ -297,10 +300,11 @@ def test_reference_rows_claim_test_diagnostics_and_warnings(tmp_path: Path) -> N
                                                        "kld_label", "nss_label"}
     assert report.warnings and "not MIMIC-EGD" in report.warnings[0]
     md = (tmp_path / "out" / "report.md").read_text()
-    for text in ("Uniform map", "Mean gaze (train)", "Gaze oracle", "vs Normal Ensemble",
+    for text in ("Uniform map", "Mean gaze (train)", "Mean gaze (train, model grid)",
+                 "Own gaze (model grid)", "vs Normal Ensemble",
                  "Gaze on zero px", "KLD (true label)", "not MIMIC-EGD", "repeat Table 1"):
         assert text in md, text
     for name in ("table1.csv", "table1_summary.csv", "table1.tex"):
         text = (tmp_path / "out" / name).read_text()
-        assert "Gaze oracle" in text or "gaze_oracle" in text, name
+        assert "Own gaze (model grid)" in text or "own_gaze_grid" in text, name
     assert "vs_normal_p" in (tmp_path / "out" / "table1_summary.csv").read_text()

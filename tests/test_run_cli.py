@@ -17,8 +17,10 @@ REQUIRED = ["test/acc", "test/auroc", "test/kld", "test/nss", "test/cc", "test/s
             "test/confounder_share", "test/finding_share", "test/kld_floor", "test/gaze_on_zero",
             "test_label/kld", "test_label/nss", "test_correct/kld", "test_class/Normal/kld",
             "ref/uniform/kld", "ref/uniform/nss", "ref/mean_gaze/kld", "ref/mean_gaze/nss",
-            "ref/gaze_oracle/kld", "ref/gaze_oracle/nss", "val/acc", "tested_epoch", "model",
-            "seed", "ensemble_size", "dataset", "train_seconds", "explain_target"]
+            "ref/own_gaze_grid/kld", "ref/own_gaze_grid/nss",
+            "ref/mean_gaze_grid/kld", "ref/mean_gaze_grid/nss", "test/no_fixation_images",
+            "val/acc", "tested_epoch", "model", "seed", "ensemble_size", "dataset",
+            "train_seconds", "explain_target"]
 
 
 def _metrics(run_dir: Path) -> dict:

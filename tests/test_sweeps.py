@@ -106,7 +106,9 @@ def test_reduced_grid_resumes_and_reports(tmp_path: Path) -> None:
         with (out / f"{table}.csv").open() as f:
             rows = list(csv.DictReader(f))
         refs = [r for r in rows if r["status"] == "reference"]
-        assert [r["label"] for r in refs] == ["Uniform map", "Mean gaze (train)", "Gaze oracle"]
+        assert [r["label"] for r in refs] == ["Uniform map", "Mean gaze (train)",
+                                              "Mean gaze (train, model grid)",
+                                              "Own gaze (model grid)"]
         rows = [r for r in rows if r["status"] != "reference"]
         assert len(rows) == n_rows
         finished = _metrics(tmp_path, table)

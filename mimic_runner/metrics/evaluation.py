@@ -10,7 +10,9 @@
 ``test_correct/<m>``            predicted-class maps of correctly classified images only
 ``test_class/<class>/kld|nss``  predicted-class maps, images of one true class
 ``ref/<name>/<m>``              reference maps on the same images (see :mod:`.references`)
-``test/kld_at_k``, ``nss_at_k`` ensembles: the mean map of the first k members, k = 1..N
+``test/kld_at_k``, ``nss_at_k`` ensembles: mean maps of k members, k = 1..N, each score the
+                                average over the N cyclic subsets of k members
+``test/no_fixation_images``     test images with no fixated pixel (left out of NSS, AUC-Judd)
 ==============================  ========================================================
 
 ``<m>``: ``kld``, ``nss``, ``cc``, ``sim``, ``auc_judd`` (with fixations), ``kld_floor`` and
@@ -29,8 +31,9 @@ from torch import Tensor, nn
 
 from mimic_runner.errors import UserError
 from mimic_runner.metrics.references import (
-    cumulative_member_means,
-    gaze_oracle,
+    cyclic_subset_means,
+    grid_like_cam,
+    own_gaze_grid,
     uniform_maps,
 )
 from mimic_runner.metrics.torchmetrics_wrappers import (
@@ -46,7 +49,7 @@ from mimic_runner.metrics.torchmetrics_wrappers import (
 )
 
 NSS_CHOICES = ("auto", "fixations", "weighted", "quantile", "positive")
-REFERENCES = ("uniform", "mean_gaze", "gaze_oracle")
+REFERENCES = ("uniform", "mean_gaze", "mean_gaze_grid", "own_gaze_grid")
 
 
 class ExplanationMetrics(nn.Module):
@@ -177,18 +180,23 @@ class RunEvaluation(nn.Module):
         if label_maps is not None:
             self.label.update(label_maps, batch)
         if members is not None and len(self.at_k):
-            cum = cumulative_member_means(members.float())
-            for k, metrics in enumerate(self.at_k):
+            for k, metrics in enumerate(self.at_k, start=1):
                 # k = N is the explanation itself (not a re-summed copy), so that the curve's
-                # last point is the run's test/kld exactly.
-                metrics.update(maps if k == len(self.at_k) - 1 else cum[k], batch)
+                # last point is the run's test/kld exactly; below N, every cyclic subset.
+                if k == len(self.at_k):
+                    metrics.update(maps, batch)
+                    continue
+                for subset in cyclic_subset_means(members.float(), k):
+                    metrics.update(subset, batch)
         if "uniform" in self.refs:
             self.refs["uniform"].update(uniform_maps(maps), batch)
             if self.mean_gaze is not None:
                 ref = self.mean_gaze.to(maps.device).expand_as(maps)
                 self.refs["mean_gaze"].update(ref, batch)
+                if grid is not None:
+                    self.refs["mean_gaze_grid"].update(grid_like_cam(ref, grid), batch)
             if grid is not None:
-                self.refs["gaze_oracle"].update(gaze_oracle(batch["gaze"], grid), batch)
+                self.refs["own_gaze_grid"].update(own_gaze_grid(batch["gaze"], grid), batch)
 
     def compute(self, split: str = "test") -> dict[str, float | list[float] | None]:
         """Plain numbers under their ``metrics.json`` keys (NaN where nothing was scored)."""
@@ -199,13 +207,15 @@ class RunEvaluation(nn.Module):
                 out[f"{prefix}{name}"] = float(value)
 
         put(f"{split}/", self.main)
+        if self.main.sources.get("nss") == "fixations":
+            out[f"{split}/no_fixation_images"] = float(self.main.metrics["nss"].num_skipped)
         put(f"{split}_label/", self.label)
         put(f"{split}_correct/", self.correct)
         for name, metrics in zip(self.class_names, self.per_class):
             put(f"{split}_class/{name}/", metrics)
         if split == "test":
             for name, metrics in self.refs.items():
-                if name == "mean_gaze" and self.mean_gaze is None:
+                if name.startswith("mean_gaze") and self.mean_gaze is None:
                     continue
                 put(f"ref/{name}/", metrics)
         if len(self.at_k):

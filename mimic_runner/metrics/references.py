@@ -1,5 +1,5 @@
 """Reference maps: what a score means next to a map that knows nothing, the average gaze, and
-the best map at the explanation's resolution. Pure functions on tensors.
+the image's own gaze at the explanation's resolution. Pure functions on tensors.
 
 Every reference is scored on the same test images with the same metric code as the model's
 explanations (``ref/<name>/<metric>`` in ``metrics.json``):
@@ -7,10 +7,14 @@ explanations (``ref/<name>/<metric>`` in ``metrics.json``):
 * ``uniform``: a constant map (KLD of the gaze against "no preference"; NSS 0, CC 0 and
   AUC-Judd 0.5 by the metric conventions);
 * ``mean_gaze``: the pixel-wise mean of the *training* split's gaze maps, each normalised to
-  sum 1 first — where radiologists look on average, with no image seen;
-* ``gaze_oracle``: the image's own gaze, average-pooled to the explained layer's grid and then
-  post-processed exactly as a Grad-CAM (bilinear upsampling, per-image min-max): the best any
-  map at that resolution can do.
+  sum 1 first — where radiologists look on average, with no image seen — at full resolution;
+* ``mean_gaze_grid``: the same map limited to what a model can express: average-pooled to the
+  explained layer's grid and post-processed exactly as a Grad-CAM (bilinear upsampling,
+  per-image min-max). The fair bar for a Grad-CAM;
+* ``own_gaze_grid``: the test image's *own* gaze map, pooled and post-processed the same way.
+  A strong reference, **not** an upper bound: pooling the gaze is not the best a grid map can
+  do for every metric (an 8x8 map built from the image's fixations scores a far higher NSS).
+  It was called ``gaze_oracle`` before; old runs keep that key.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from torch import Tensor
 
 from mimic_runner.explain.gradcam import postprocess_cam
 
-__all__ = ["cumulative_member_means", "gaze_oracle", "mean_gaze_map", "uniform_maps"]
+__all__ = ["cyclic_subset_means", "grid_like_cam", "mean_gaze_map",
+           "own_gaze_grid", "pool_to_grid", "uniform_maps"]
 
 
 def uniform_maps(like: Tensor) -> Tensor:
@@ -47,18 +52,35 @@ def mean_gaze_map(gaze: Tensor) -> Tensor:
     return (g[keep] / total[keep, None, None]).mean(dim=0).float()
 
 
-def gaze_oracle(gaze: Tensor, grid: tuple[int, int]) -> Tensor:
-    """(B, H, W) gaze -> (B, H, W): average-pooled to ``grid`` (h, w), then Grad-CAM's own
-    post-processing (bilinear upsampling to (H, W), per-image min-max with 1e-7)."""
-    if gaze.dim() != 3:
-        raise ValueError(f"expected gaze maps (B, H, W), got {tuple(gaze.shape)}")
-    pooled = F.adaptive_avg_pool2d(gaze.float()[:, None], tuple(grid))[:, 0]
-    return postprocess_cam(pooled, size=tuple(gaze.shape[-2:]))
+def pool_to_grid(maps: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, H, W) maps -> (B, h, w): the mean over each cell of the explained layer's ``grid``
+    (``adaptive_avg_pool2d``; cells of unequal size when H is no multiple of h)."""
+    if maps.dim() != 3:
+        raise ValueError(f"expected maps (B, H, W), got {tuple(maps.shape)}")
+    return F.adaptive_avg_pool2d(maps.float()[:, None], tuple(grid))[:, 0]
 
 
-def cumulative_member_means(members: Tensor) -> Tensor:
-    """(N, B, H, W) members' maps -> (N, B, H, W): entry k-1 is the mean of the first k."""
+def grid_like_cam(maps: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, H, W) -> (B, H, W): pooled to ``grid`` (h, w), then Grad-CAM's own post-processing
+    (bilinear upsampling back to (H, W), per-image min-max with 1e-7): the map as a Grad-CAM
+    of that layer could show it at best."""
+    return postprocess_cam(pool_to_grid(maps, grid), size=tuple(maps.shape[-2:]))
+
+
+def own_gaze_grid(gaze: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, H, W) gaze -> (B, H, W): each image's own gaze as :func:`grid_like_cam` shows it."""
+    return grid_like_cam(gaze, grid)
+
+
+def cyclic_subset_means(members: Tensor, k: int) -> Tensor:
+    """(N, B, H, W) members' maps -> (N, B, H, W): entry i is the mean map of members
+    i, i+1, ..., i+k-1 (mod N), 1 <= k <= N. Every member is in exactly k of the N subsets, so a
+    score averaged over them does not favour the first members (k = 1: each member alone)."""
     if members.dim() != 4:
         raise ValueError(f"expected members' maps (N, B, H, W), got {tuple(members.shape)}")
-    k = torch.arange(1, members.shape[0] + 1, device=members.device, dtype=members.dtype)
-    return members.cumsum(dim=0) / k.view(-1, 1, 1, 1)
+    n = members.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"subset size k={k} must be in [1, {n}]")
+    idx = (torch.arange(n, device=members.device)[:, None]
+           + torch.arange(k, device=members.device)[None, :]) % n  # (N, k)
+    return members[idx].mean(dim=1)

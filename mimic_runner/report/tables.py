@@ -49,8 +49,11 @@ DIAGNOSTICS = (Metric("gaze_on_zero", "Gaze on zero px", "test/gaze_on_zero", 1.
                Metric("kld_label", "KLD (true label)", "test_label/kld", 1.0, 3),
                Metric("nss_label", "NSS (true label)", "test_label/nss", 1.0, 3))
 # Reference maps scored on the same test images (metrics.json ``ref/<name>/<metric>``).
+# ``gaze_oracle`` is the old name of ``own_gaze_grid`` (runs made before it was renamed).
 REFERENCES = {"uniform": "Uniform map", "mean_gaze": "Mean gaze (train)",
-              "gaze_oracle": "Gaze oracle"}
+              "mean_gaze_grid": "Mean gaze (train, model grid)",
+              "own_gaze_grid": "Own gaze (model grid)",
+              "gaze_oracle": "Own gaze (model grid, old runs)"}
 # The claim of the paper: the explanation ensemble against the normal one, paired over seeds.
 CLAIM = ("expl_ensemble", "normal_ensemble")
 TABLE_TITLES = {"table1": "Table 1: models x seeds",
