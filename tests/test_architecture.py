@@ -18,7 +18,7 @@ ALLOWED = {
     "errors": set(), "io": {"errors"}, "paths": set(), "log": set(),
     "plotting": {"io"},
     "rundir": {"errors", "io"},
-    "config": {"errors", "paths", "training"},  # training: the local launcher's resolver, lazily
+    "config": {"errors", "paths"},
     "explain": {"errors"}, "metrics": {"errors", "explain"}, "models": {"errors"},
     "data": {"errors", "io", "paths", "log"},
     "training": {"errors", "io", "log", "rundir", "config", "data", "models", "explain",

@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mimic_runner.config import check_argv, flags_first, register
+from mimic_runner.config import check_argv, first_line, flags_first, register
 from mimic_runner.errors import UserError, exit_on_user_error, no_room, no_room_message
 from mimic_runner.paths import conf_dir
 
@@ -40,14 +40,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    resources: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if multirun and OmegaConf.select(cfg, "launcher.name") == "local":
-        resources = local_job_resources(
-            int(hc.job.num), int(OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1),
-            use_gpus=cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"),
-            jobs_per_gpu=int(cfg.launcher.get("jobs_per_gpu") or 1))
     try:
-        validate(cfg)
+        validate(cfg)  # before the job takes a GPU slot and CPU threads
+        resources: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if multirun and OmegaConf.select(cfg, "launcher.name") == "local":
+            resources = local_job_resources(
+                int(hc.job.num), int(OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1),
+                use_gpus=cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"),
+                jobs_per_gpu=int(cfg.launcher.get("jobs_per_gpu") or 1))
         with resources as gpu:
             metrics = run_experiment(cfg, run_dir, multirun=multirun,
                                      devices=None if gpu is None else [gpu])
@@ -100,7 +100,8 @@ def main() -> None:
         try:
             _hydra_main()
         except HydraException as exc:
-            raise UserError(_first_line(exc)) from None
+            raise UserError(f"{first_line(exc)}; `mimic-run --cfg job` shows the composed config"
+                            ) from None
         except OSError as exc:
             if no_room(exc) is None or exc.filename:
                 raise
@@ -113,11 +114,6 @@ def main() -> None:
     if outcome is not None and outcome.failed:
         # The other runs went on; the exit status still tells scripts (make, CI) about it.
         sys.exit(1)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
-    return f"{text}; `mimic-run --cfg job` shows the composed config"
 
 
 if __name__ == "__main__":

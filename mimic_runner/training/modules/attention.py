@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,14 +37,21 @@ class AttentionBranchModule(ExplainedClassifier):
     def __init__(self, *args: Any, explanation: str = "attention", attention_weight: float = 1.0,
                  apply_at: str | int = "input",
                  attention_channels: Sequence[int] = (16, 32, 32, 32), **kwargs: Any) -> None:
-        if explanation not in EXPLANATIONS:
-            raise UserError(f"model.explanation='{explanation}': use {' or '.join(EXPLANATIONS)}")
+        self.validate_config({"explanation": explanation,
+                              "ensemble_size": kwargs.get("ensemble_size", 1)})
         self.apply_at = apply_at
         self.attention_channels = tuple(attention_channels)
         super().__init__(*args, **kwargs)
         self.explanation = explanation
         self.attention_weight = float(attention_weight)
         self.attention_acc = MulticlassAccuracy(num_classes=self.num_classes, average="micro")
+
+    @classmethod
+    def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:
+        super().validate_config(model_cfg)
+        explanation = model_cfg.get("explanation", "attention")
+        if explanation not in EXPLANATIONS:
+            raise UserError(f"model.explanation='{explanation}': use {' or '.join(EXPLANATIONS)}")
 
     def build_net(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
                   explain_layer: int) -> nn.Module:

@@ -8,7 +8,7 @@ wire networks, losses and metrics together.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -85,6 +85,15 @@ class ExplainedClassifier(L.LightningModule):
         self.input_normalisation: tuple[Tensor, Tensor] | None = None
 
     # -- to be specialised ---------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:
+        """Refuse ``model.*`` values this class cannot train with, one :class:`UserError` line
+        each. The run's pre-flight calls it with the composed ``model`` node (before anything
+        starts); subclasses extend it with their own keys and call it from ``__init__``."""
+        n = model_cfg.get("ensemble_size", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(f"model.ensemble_size={n}: use 1")
+
     def build_net(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
                   explain_layer: int) -> nn.Module:
         return ClassifierNet(backbone, in_channels, num_classes, explain_layer=explain_layer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -45,26 +46,14 @@ class EnsembleModule(ExplainedClassifier):
                  disagreement_distance: str = "mse", train_explanation: str = "gradcam",
                  shap_samples: int = 5, shap_stdev: float = 0.0, consistency_every: int = 1,
                  discriminator: str = "conv", **kwargs: Any) -> None:
+        self.validate_config({
+            "consistency": consistency, "distance": distance,
+            "lambda_consistency": lambda_consistency, "warmup_epochs": warmup_epochs,
+            "train_cam_target": train_cam_target, "train_explanation": train_explanation,
+            "discriminator": discriminator, "consistency_every": consistency_every,
+            "shap_samples": shap_samples, "ensemble_size": kwargs.get("ensemble_size", 1)})
         self.ensemble_impl = ensemble_impl
         super().__init__(*args, **kwargs)
-        if consistency not in CONSISTENCIES:
-            raise UserError(f"model.consistency='{consistency}': choose one of "
-                            f"{', '.join(CONSISTENCIES)}")
-        if distance not in DISTANCES:
-            raise UserError(f"model.distance='{distance}': choose one of {', '.join(DISTANCES)}")
-        if warmup_epochs < 0:
-            raise UserError(f"model.warmup_epochs={warmup_epochs}: use a number of epochs "
-                            "(an integer >= 0) or a fraction of trainer.max_epochs in [0, 1)")
-        if train_cam_target not in ("label", "pred"):
-            raise UserError(f"model.train_cam_target='{train_cam_target}': use label or pred")
-        if train_explanation not in TRAIN_EXPLANATIONS:
-            raise UserError(f"model.train_explanation='{train_explanation}': choose one of "
-                            f"{', '.join(TRAIN_EXPLANATIONS)}")
-        if discriminator not in DISCRIMINATORS:
-            raise UserError(f"model.discriminator='{discriminator}': choose one of "
-                            f"{', '.join(DISCRIMINATORS)}")
-        if int(consistency_every) < 1 or int(shap_samples) < 1:
-            raise UserError("model.consistency_every and model.shap_samples: use 1 or more")
         self.consistency = consistency
         self.distance = distance
         self.lambda_consistency = lambda_consistency
@@ -82,6 +71,34 @@ class EnsembleModule(ExplainedClassifier):
                                                             average="micro") for _ in range(n)])
         self._disagreement_sum = 0.0
         self._disagreement_count = 0
+
+    @classmethod
+    def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:
+        """The ensemble's keys (and at least 2 members), checked before anything starts."""
+        n = model_cfg.get("ensemble_size", 2)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise UserError(f"model.ensemble_size={n}: an ensemble needs at least 2 members")
+        super().validate_config(model_cfg)
+        lam = model_cfg.get("lambda_consistency", 1.0)
+        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
+            raise UserError(f"model.lambda_consistency={lam}: use a number >= 0")
+        for key, choices in (("consistency", CONSISTENCIES), ("distance", DISTANCES),
+                             ("train_explanation", TRAIN_EXPLANATIONS),
+                             ("discriminator", DISCRIMINATORS)):
+            value = model_cfg.get(key)
+            if value is not None and value not in choices:
+                raise UserError(f"model.{key}='{value}': choose one of {', '.join(choices)}")
+        warmup = model_cfg.get("warmup_epochs", 0)
+        if not isinstance(warmup, (int, float)) or isinstance(warmup, bool) or warmup < 0:
+            raise UserError(f"model.warmup_epochs={warmup}: use a number of epochs "
+                            "(an integer >= 0) or a fraction of trainer.max_epochs in [0, 1)")
+        target = model_cfg.get("train_cam_target", "label")
+        if target not in ("label", "pred"):
+            raise UserError(f"model.train_cam_target='{target}': use label or pred")
+        for key in ("consistency_every", "shap_samples"):
+            value = model_cfg.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"model.{key}={value}: use a whole number, 1 or more")
 
     def build_net(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
                   explain_layer: int) -> nn.Module:

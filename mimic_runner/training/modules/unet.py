@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
@@ -23,15 +24,22 @@ class UNetModule(ExplainedClassifier):
 
     def __init__(self, *args: Any, gamma: float = 0.41731, gaze_loss: str = "bce",
                  decoder_channels: tuple[int, ...] = (128, 64, 32, 16), **kwargs: Any) -> None:
+        self.validate_config({"gaze_loss": gaze_loss,
+                              "ensemble_size": kwargs.get("ensemble_size", 1)})
         self.decoder_channels = tuple(decoder_channels)
         super().__init__(*args, **kwargs)
         if "gaze" not in kwargs.get("maps", ()):
             raise UserError("model=improved_unet needs a 'gaze' map in the training data; this "
                             "dataset has none (choose a dataset with human attention)")
-        if gaze_loss not in ("bce", "kl"):
-            raise UserError(f"model.gaze_loss='{gaze_loss}': use bce or kl")
         self.gamma = gamma
         self.gaze_loss = gaze_loss
+
+    @classmethod
+    def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:
+        super().validate_config(model_cfg)
+        gaze_loss = model_cfg.get("gaze_loss", "bce")
+        if gaze_loss not in ("bce", "kl"):
+            raise UserError(f"model.gaze_loss='{gaze_loss}': use bce or kl")
 
     def build_net(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
                   explain_layer: int) -> nn.Module:
