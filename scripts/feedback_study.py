@@ -12,6 +12,8 @@ effect of the feedback from that of training longer; it is rolled back.
 
     python scripts/feedback_study.py --out study            # trains, then retrains (minutes)
     python scripts/feedback_study.py --run-dir RUN --out study   # reuse a trained run
+    python scripts/feedback_study.py --run-dir RUN --out study --page-walk shortcut
+        # the TNO task walked on the page in Chromium: page time and actions
 
 Writes ``OUT/feedback_study.json`` and prints a table. Every number is measured by this run.
 """
@@ -94,10 +96,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", default="all", choices=("attention", "perception", "all"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-control", action="store_true", help="skip the γ = 0 control")
+    p.add_argument("--page-walk", choices=("per-image", "shortcut"), default=None,
+                   help="instead of the study: walk the TNO task on the page in Chromium and "
+                   "time it (per-image: both regions drawn on every image; shortcut: the "
+                   "marker found and applied once)")
+    p.add_argument("--walk-images", type=int, default=10, help="images marked in the walk")
+    p.add_argument("--viewport", default="1280x720", help="the walk's window, WIDTHxHEIGHT")
+    p.add_argument("--chromium", default="/usr/bin/chromium")
     args = p.parse_args(argv)
 
     from mimic_runner.feedback.retrain import RetrainParams, retrain
-    from mimic_runner.feedback.runs import train_run
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from feedback_runs import train_run  # the test fixtures' run builder
     from mimic_runner.feedback.session import FeedbackSession
 
     torch.set_num_threads(2)
@@ -114,6 +124,15 @@ def main(argv: list[str] | None = None) -> None:
             f"data.image_size={args.image_size}", f"trainer.max_epochs={args.epochs}",
             f"seed={args.seed}"])
     train_seconds = time.perf_counter() - t0
+    if args.page_walk:
+        width, height = (int(v) for v in args.viewport.split("x"))
+        walked = page_walk(run_dir, out, args.walk_images, width, height, args.chromium,
+                           args.page_walk)
+        walked["run_dir"] = str(run_dir)
+        name = f"page_walk_{args.page_walk}_{args.viewport}.json"
+        (out / name).write_text(json.dumps(walked, indent=2) + "\n")
+        print(json.dumps(walked))
+        return
 
     workspace = out / "workspace"
     shutil.rmtree(workspace, ignore_errors=True)  # the study's own store: start clean
@@ -180,6 +199,201 @@ def print_table(results: dict[str, Any]) -> None:
     Console().print(table)
     print(f"test predictions changed by the feedback retraining: "
           f"{fb['heldout']['prediction_changes']}; total {results['total_seconds']} s")
+
+
+# -- the TNO task walked in a real browser, timed ------------------------------------------------
+class Walker:
+    """Drive the page like a reviewer and count what a person would do (clicks, drags, keys,
+    typed fields); time is page time from the first load to the last decision shown."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.counts = {"clicks": 0, "drags": 0, "keys": 0, "typed": 0}
+
+    def click(self, sel: str) -> None:
+        self.page.click(sel)
+        self.counts["clicks"] += 1
+
+    def key(self, key: str) -> None:
+        self.page.keyboard.press(key)
+        self.counts["keys"] += 1
+
+    def fill(self, sel: str, text: str) -> None:
+        self.page.fill(sel, text)
+        self.counts["typed"] += 1
+
+    def select(self, sel: str, value: str) -> None:
+        self.page.select_option(sel, value)
+        self.counts["clicks"] += 2  # open the list, pick an entry
+
+    def drag(self, canvas: str, box: list[list[float]]) -> None:
+        (x0, y0), (x1, y1) = box
+        to = "([s, x, y]) => window.mimicFeedback.imageToClient(s, x, y)"
+        a = self.page.evaluate(to, [canvas, x0, y0])
+        b = self.page.evaluate(to, [canvas, x1, y1])
+        m = self.page.mouse
+        m.move(*a)
+        m.down()
+        m.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, steps=3)
+        m.move(*b, steps=3)
+        m.up()
+        self.counts["drags"] += 1
+
+    def n_rois(self, n: int) -> None:
+        self.page.wait_for_function(
+            "n => document.querySelectorAll('#roi-list li').length === n", arg=n, timeout=60_000)
+
+
+def walk_boxes(session: Any, ids: list[str], n: int) -> list[tuple[str, Any, Any]]:
+    """The first ``n`` of ``ids`` (list order) with a marker: (id, marker box, finding box)."""
+    train = session.dm.splits["train"].tensors
+    row_of = {str(i): r for r, i in enumerate(session.dm.ids["train"])}
+    out = []
+    for image_id in ids:
+        row = row_of[image_id]
+        conf = train["confounder"][row].numpy()
+        gaze = train["gaze"][row].numpy()
+        marker = bbox(conf)
+        finding = bbox(gaze >= 0.5 * gaze.max()) if gaze.max() > 0 else None
+        if marker and finding:
+            out.append((image_id, marker, finding))
+        if len(out) == n:
+            break
+    return out
+
+
+def page_walk(run_dir: Path, out: Path, n_images: int, width: int, height: int,
+              chromium: str, strategy: str) -> dict[str, Any]:
+    """Walk the TNO task on the page: spot the shortcut, mark ``n_images`` images (the marker
+    "not here", the finding "look here"), retrain, compare, accept, revert. ``strategy``:
+    ``per-image`` draws both regions on every image (all the page offered before issue 21);
+    ``shortcut`` finds the marker once (a region, the list sorted by the attention inside it),
+    applies it to the images in the list at once, and draws only the findings."""
+    import socket
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from mimic_runner.feedback.app import create_app
+    from mimic_runner.feedback.middleware import allowed_hosts_for
+    from mimic_runner.feedback.session import FeedbackSession
+
+    workspace = out / f"walk-{strategy}-{width}x{height}"
+    shutil.rmtree(workspace, ignore_errors=True)
+    session = FeedbackSession(run_dir, workspace=workspace, author="walk")
+    app = create_app(session, allowed_hosts=allowed_hosts_for("127.0.0.1"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=srv.run, daemon=True).start()
+    while not srv.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}/"
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    result: dict[str, Any] = {"strategy": strategy, "viewport": f"{width}x{height}"}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=args, headless=True)
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on("dialog", lambda d: d.accept())
+            w = Walker(page)
+            t0 = time.perf_counter()
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            ids = page.eval_on_selector_all("#image-list button", "bs => bs.map(b => b.dataset.id)")
+            chosen = walk_boxes(session, ids, n_images)
+            if strategy == "per-image":
+                _walk_per_image(w, chosen)
+            else:
+                _walk_shortcut(w, session, chosen)
+            result["marking_s"] = round(time.perf_counter() - t0, 1)
+            _walk_decisions(w, page, native=strategy == "per-image")
+            result["page_s"] = round(time.perf_counter() - t0, 1)
+            result.update(w.counts)
+            result["actions"] = sum(w.counts.values())
+            result["regions"] = len(session.store.rois())
+            result["images_with_regions"] = len({r["image_id"] for r in session.store.rois()})
+            page.screenshot(path=str(out / f"walk-{strategy}-{width}x{height}.png"))
+            browser.close()
+    finally:
+        srv.should_exit = True
+    return result
+
+
+def _walk_per_image(w: Walker, chosen: list[tuple[str, Any, Any]]) -> None:
+    w.click(".tool[data-tool='rect']")
+    for image_id, marker, finding in chosen:
+        w.click(f"#image-list button[data-id='{image_id}']")
+        w.page.wait_for_function(f"() => window.mimicFeedback.state.imageId === '{image_id}'")
+        w.click("input[name='kind'][value='exclude']")
+        w.drag("#image-canvas", marker)
+        w.n_rois(1)
+        w.click("input[name='kind'][value='include']")
+        w.drag("#image-canvas", finding)
+        w.n_rois(2)
+
+
+def _walk_shortcut(w: Walker, session: Any, chosen: list[tuple[str, Any, Any]]) -> None:
+    page = w.page
+    first, marker, _ = chosen[0]
+    # Spot: a "not here" box on the marker, the list sorted by the attention inside it.
+    w.click(f"#image-list button[data-id='{first}']")
+    page.wait_for_function(f"() => window.mimicFeedback.state.imageId === '{first}'")
+    w.key("r")
+    w.key("n")
+    w.drag("#image-canvas", marker)
+    w.n_rois(1)
+    w.click("#roi-list li .find-here")
+    page.wait_for_function("() => window.mimicFeedback.state.filters.region !== null")
+    # Mark: the box on the images of the list at once (page of 10), then the findings.
+    w.select("#page-size", "10")
+    page.wait_for_function("() => document.querySelectorAll('#image-list button').length <= 10")
+    w.click("#roi-list li .apply-roi")
+    w.click("#apply-dialog input[value='page']")
+    w.click("#apply-go")
+    page.wait_for_function("() => window.mimicFeedback.state.status.images_with_rois >= 10",
+                           timeout=60_000)
+    ids = page.eval_on_selector_all("#image-list button", "bs => bs.map(b => b.dataset.id)")
+    boxes = {i: f for i, _, f in walk_boxes(session, ids, len(ids))}
+    w.key("l")
+    for image_id in ids:
+        if image_id not in boxes:
+            continue
+        w.click(f"#image-list button[data-id='{image_id}']")
+        page.wait_for_function(f"() => window.mimicFeedback.state.imageId === '{image_id}'")
+        n = page.evaluate("() => document.querySelectorAll('#roi-list li').length")
+        w.drag("#image-canvas", boxes[image_id])
+        w.n_rois(n + 1)
+
+
+def _walk_decisions(w: Walker, page: Any, native: bool) -> None:
+    """Retrain (1 pass of 5 batches), compare, accept, revert. ``native``: the page confirms
+    with the browser's own dialogs (accepted by the handler; one click each), else with its
+    own dialog."""
+
+    def confirm() -> None:
+        if native:
+            w.counts["clicks"] += 1
+        else:
+            page.wait_for_selector("#confirm-dialog[open]")
+            w.click("#confirm-dialog .confirm-yes")
+
+    w.click("#advanced summary")
+    w.fill("#f-max_batches", "5")
+    w.click("#retrain")
+    page.wait_for_selector("#retrain-message[data-state='done']", timeout=600_000)
+    w.click("#show-diff")
+    page.wait_for_selector("#diff-summary tr[data-key]", timeout=120_000)
+    w.click("#accept")
+    confirm()
+    page.wait_for_function("() => document.querySelector('#version-badge').dataset.current "
+                           "=== '2'", timeout=60_000)
+    w.click("#revert")
+    confirm()
+    page.wait_for_function("() => document.querySelector('#version-badge').dataset.current "
+                           "=== '1'", timeout=60_000)
 
 
 if __name__ == "__main__":
