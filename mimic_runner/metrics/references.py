@@ -20,13 +20,13 @@ explanations (``ref/<name>/<metric>`` in ``metrics.json``):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mimic_runner.explain.gradcam import postprocess_cam
+from mimic_runner.explain.guidance import pool_to_grid
 
-__all__ = ["cyclic_subset_means", "grid_like_cam", "mean_gaze_map",
-           "own_gaze_grid", "pool_to_grid", "uniform_maps"]
+__all__ = ["cyclic_subset_means", "grid_like_cam", "mean_gaze_map", "own_gaze_grid",
+           "uniform_maps"]
 
 
 def uniform_maps(like: Tensor) -> Tensor:
@@ -50,14 +50,6 @@ def mean_gaze_map(gaze: Tensor) -> Tensor:
     if not bool(keep.any()):
         raise ValueError("no gaze map has any mass")
     return (g[keep] / total[keep, None, None]).mean(dim=0).float()
-
-
-def pool_to_grid(maps: Tensor, grid: tuple[int, int]) -> Tensor:
-    """(B, H, W) maps -> (B, h, w): the mean over each cell of the explained layer's ``grid``
-    (``adaptive_avg_pool2d``; cells of unequal size when H is no multiple of h)."""
-    if maps.dim() != 3:
-        raise ValueError(f"expected maps (B, H, W), got {tuple(maps.shape)}")
-    return F.adaptive_avg_pool2d(maps.float()[:, None], tuple(grid))[:, 0]
 
 
 def grid_like_cam(maps: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -20,10 +21,52 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 from mimic_runner.errors import UserError
 from mimic_runner.explain.gradcam import grad_cam
+from mimic_runner.explain.guidance import GUIDANCE_DISTANCES, GUIDANCE_TARGETS, gaze_guidance
 from mimic_runner.metrics.evaluation import RunEvaluation
 from mimic_runner.metrics.references import mean_gaze_map
 from mimic_runner.models.classifier import BackboneFactory, ClassifierNet
 from mimic_runner.models.output import ModelOutput
+from mimic_runner.training.callbacks import epochs_from
+from mimic_runner.traits import ModelTraits
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """``model.gaze_guidance``: the weight of the gaze-guidance term (0 = off), its distance,
+    its warm-up (epochs, or a fraction of ``trainer.max_epochs`` as for the consistency term) and
+    the explained class it guides (:mod:`mimic_runner.explain.guidance`)."""
+
+    weight: float = 0.0
+    distance: str = "kl"
+    warmup_epochs: float = 0.0
+    target: str = "label"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> GuidanceSettings:
+        """Checked settings from the config node (None: off); one UserError line when wrong."""
+        if cfg is None:
+            return cls()
+        if not isinstance(cfg, Mapping):
+            raise UserError(f"model.gaze_guidance={cfg!r}: give weight, distance, warmup_epochs "
+                            "and target (or leave the defaults)")
+        unknown = sorted(set(cfg) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"model.gaze_guidance.{unknown[0]}: no such key; use weight, "
+                            "distance, warmup_epochs or target")
+        s = cls(**dict(cfg))
+        for key in ("weight", "warmup_epochs"):
+            v = getattr(s, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v < 0:
+                raise UserError(f"model.gaze_guidance.{key}={v}: use a finite number >= 0")
+        if s.distance not in GUIDANCE_DISTANCES:
+            raise UserError(f"model.gaze_guidance.distance='{s.distance}': choose one of "
+                            f"{', '.join(GUIDANCE_DISTANCES)}")
+        if s.target not in GUIDANCE_TARGETS:
+            raise UserError(f"model.gaze_guidance.target='{s.target}': choose one of "
+                            f"{', '.join(GUIDANCE_TARGETS)}")
+        return s
+
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -34,8 +77,13 @@ class ExplainedClassifier(L.LightningModule):
 
     Subclasses build ``self.net`` (returning :class:`ModelOutput`) and may extend
     :meth:`loss`. ``explain_target`` chooses the class explained at test time (``pred`` or
-    ``label``).
+    ``label``). ``traits`` (``model.traits``, :class:`~mimic_runner.traits.ModelTraits`) say
+    what the model is; :attr:`default_traits` when the config gives none.
     """
+
+    # What a model of this class is when its config gives no traits (built directly, or an old
+    # checkpoint); a config's traits must keep the class's kind.
+    default_traits: ClassVar[ModelTraits] = ModelTraits()
 
     def __init__(
         self,
@@ -52,10 +100,19 @@ class ExplainedClassifier(L.LightningModule):
         nss_variant: str = "auto",
         channels_last: bool = False,
         class_names: tuple[str, ...] = (),
+        traits: Mapping[str, Any] | ModelTraits | None = None,
+        gaze_guidance: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.guidance = GuidanceSettings.from_config(gaze_guidance)
+        # The training Grad-CAMs of one step, shared by its terms (None outside a step).
+        self._step_maps: dict[str, Tensor] | None = None
         if explain_target not in ("pred", "label"):
             raise UserError(f"explain.target='{explain_target}': use pred or label")
+        self.traits = self.traits_of({"traits": traits})
+        if self.traits.takes_gaze and "gaze" not in maps:
+            raise UserError(f"model={name} needs a 'gaze' map in the training data; this "
+                            "dataset has none (choose a dataset with human attention)")
         self.model_name = name
         self.num_classes = num_classes
         self.ensemble_size = ensemble_size
@@ -90,9 +147,23 @@ class ExplainedClassifier(L.LightningModule):
         """Refuse ``model.*`` values this class cannot train with, one :class:`UserError` line
         each. The run's pre-flight calls it with the composed ``model`` node (before anything
         starts); subclasses extend it with their own keys and call it from ``__init__``."""
+        ensemble = cls.traits_of(model_cfg).is_ensemble
         n = model_cfg.get("ensemble_size", 1)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise UserError(f"model.ensemble_size={n}: use 1")
+        if isinstance(n, bool) or not isinstance(n, int) or n < (2 if ensemble else 1):
+            raise UserError(f"model.ensemble_size={n}: an ensemble needs at least 2 members"
+                            if ensemble else f"model.ensemble_size={n}: use 1")
+
+    @classmethod
+    def traits_of(cls, model_cfg: Mapping[str, Any]) -> ModelTraits:
+        """The model's traits: ``model.traits`` over :attr:`default_traits`, of this class's
+        kind (one :class:`UserError` line otherwise)."""
+        traits = ModelTraits.of(model_cfg.get("traits"), default=cls.default_traits)
+        if traits.kind != cls.default_traits.kind:
+            raise UserError(f"model.traits.kind={traits.kind}: {cls.__name__} trains a "
+                            f"{cls.default_traits.kind} model; use kind: "
+                            f"{cls.default_traits.kind}")
+        return traits
+        GuidanceSettings.from_config(model_cfg.get("gaze_guidance"))
 
     def build_net(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
                   explain_layer: int) -> nn.Module:
@@ -107,13 +178,62 @@ class ExplainedClassifier(L.LightningModule):
         """The model's explanation of ``targets``: (B, H, W) maps in [0, 1]."""
         return grad_cam(out.logits, out.features, targets, size=size, create_graph=create_graph)
 
+    def training_maps(self, out: ModelOutput, batch: dict[str, Tensor], target: str = "label"
+                      ) -> Tensor:
+        """Differentiable Grad-CAMs of the ``label`` or ``pred`` class at the explained layer's
+        grid (no upsampling), for training terms: (B, h, w), or (N, B, h, w) for ensembles.
+        Computed once per training step, however many terms use them."""
+        memo = self._step_maps
+        if memo is None or target not in memo:
+            targets = batch["label"] if target == "label" else out.logits.argmax(-1)
+            maps = self.member_training_maps(out, targets)
+            if memo is None:  # called outside training_loss: nothing to share
+                return maps
+            memo[target] = maps
+        return memo[target]
+
+    def member_training_maps(self, out: ModelOutput, targets: Tensor) -> Tensor:
+        """The maps of :meth:`training_maps`; ensembles return every member's."""
+        return grad_cam(out.logits, out.features, targets, size=None, create_graph=True)
+
+    def guidance_active(self) -> bool:
+        """The gaze-guidance term is on: a positive weight, after its warm-up."""
+        if self.guidance.weight <= 0:
+            return False
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return self.current_epoch >= epochs_from(self.guidance.warmup_epochs, max_epochs)
+
     # -- Lightning ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> ModelOutput:
         return self.net(x)
 
+    def on_fit_start(self) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        maps = getattr(dm, "maps", None)
+        if self.guidance.weight > 0 and maps is not None and "gaze" not in maps:
+            raise UserError("model.gaze_guidance.weight > 0 needs gaze maps in the training "
+                            "data, and this dataset has none; use a dataset with a 'gaze' key "
+                            "or set model.gaze_guidance.weight=0")
+
+    def training_loss(self, out: ModelOutput, batch: dict[str, Tensor]
+                      ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`loss` plus the gaze-guidance term when it is on (training batches only:
+        validation and test images' gaze is never used before scoring)."""
+        self._step_maps = {}
+        try:
+            loss, extras = self.loss(out, batch)
+            if self.guidance_active():
+                term = gaze_guidance(self.training_maps(out, batch, self.guidance.target),
+                                     batch["gaze"], self.guidance.distance)
+                loss = loss + self.guidance.weight * term
+                extras["guidance"] = term.detach()
+        finally:
+            self._step_maps = None
+        return loss, extras
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.net(batch["image"])
-        loss, extras = self.loss(out, batch)
+        loss, extras = self.training_loss(out, batch)
         bs = len(batch["label"])
         self.train_acc(out.logits.detach(), batch["label"])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)

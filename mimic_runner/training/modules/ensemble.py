@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from mimic_runner.models.ensemble import EnsembleNet
 from mimic_runner.models.output import ModelOutput
 from mimic_runner.training.callbacks import epochs_from
 from mimic_runner.training.modules.base import ExplainedClassifier
+from mimic_runner.traits import ModelTraits
 
 TRAIN_EXPLANATIONS = ("gradcam", "gradient_shap")
 
@@ -39,6 +40,8 @@ class EnsembleModule(ExplainedClassifier):
     training batch. The explanation is the unweighted mean of the members' Grad-CAMs for the
     ensemble's class.
     """
+
+    default_traits: ClassVar[ModelTraits] = ModelTraits(kind="ensemble")
 
     def __init__(self, *args: Any, consistency: str = "none", distance: str = "mse",
                  lambda_consistency: float = 1.0, warmup_epochs: float = 0,
@@ -74,10 +77,7 @@ class EnsembleModule(ExplainedClassifier):
 
     @classmethod
     def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:
-        """The ensemble's keys (and at least 2 members), checked before anything starts."""
-        n = model_cfg.get("ensemble_size", 2)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            raise UserError(f"model.ensemble_size={n}: an ensemble needs at least 2 members")
+        """The ensemble's keys, checked before anything starts."""
         super().validate_config(model_cfg)
         lam = model_cfg.get("lambda_consistency", 1.0)
         if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
@@ -115,6 +115,10 @@ class EnsembleModule(ExplainedClassifier):
     def explain(self, out: ModelOutput, targets: Tensor, size: tuple[int, int],
                 create_graph: bool = False) -> Tensor:
         return self.member_maps(out, targets, size, create_graph).mean(dim=0)
+
+    def member_training_maps(self, out: ModelOutput, targets: Tensor) -> Tensor:
+        # Every member's map at the feature resolution: training terms need no upsampling.
+        return self.member_maps(out, targets, size=None, create_graph=True)
 
     def explain_with_members(self, out: ModelOutput, targets: Tensor, size: tuple[int, int]
                              ) -> tuple[Tensor, Tensor | None]:
@@ -163,12 +167,11 @@ class EnsembleModule(ExplainedClassifier):
         logs: dict[str, Tensor] = {"ce": ce.detach()}
         if not self.consistency_active():
             return ce, logs
-        targets = y if self.train_cam_target == "label" else out.logits.argmax(-1)
         if self.train_explanation == "gradient_shap":
+            targets = y if self.train_cam_target == "label" else out.logits.argmax(-1)
             maps = self.member_attribution_maps(batch["image"], targets)
-        else:
-            # Maps at the feature resolution: the loss needs no upsampling, and it is cheaper.
-            maps = self.member_maps(out, targets, size=None, create_graph=True)
+        else:  # shared with the gaze-guidance term when both explain the same class
+            maps = self.training_maps(out, batch, self.train_cam_target)
         if self.consistency == "mean":
             term = consistency_to_mean(maps, self.distance)
         elif self.consistency == "pairwise":
