@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     from mimic_runner.feedback.retrain import RetrainParams, retrain
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from feedback_runs import train_run  # the test fixtures' run builder
+
     from mimic_runner.feedback.session import FeedbackSession
 
     torch.set_num_threads(2)

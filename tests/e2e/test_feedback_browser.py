@@ -4,8 +4,14 @@ One tiny trained attention_branch run and one `mimic-feedback` server (on a free
 for the whole module; each test opens fresh pages in one browser, as a radiologist would: the
 layout at 800x900, 1280x720 and 1440x900 (no sideways scrolling, decision buttons on screen),
 form validation, refused drawings, editing and keyboard, one timed full session (load, draw,
-retrain, compare, accept, revert) and a reload during a retraining. Screenshots and the
-session's timings go to ``test-artifacts/feedback/``.
+retrain, compare, accept, revert) and a reload during a retraining; issue 21: the decimal comma,
+Cancel, one request per double-clicked decision, a second tab, copying a region to all images,
+keyboard drawing and the large view. Screenshots and the session's timings go to
+``test-artifacts/feedback/``.
+
+Every wait is on the state the next step needs (a selector, a predicate on the page's state),
+never a fixed sleep; the time limits are generous (``WAIT_MS``) so that a loaded machine is slow,
+not failing.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "feedback"
 TOKEN = "e2e-token"
 SIZES = [(800, 900), (1280, 720), (1440, 900)]
 DECISIONS = ["#retrain", "#show-diff", "#accept", "#rollback", "#revert"]
+WAIT_MS = 180_000  # an upper bound for waits on state, not a budget: they return when it holds
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mimic_runner.feedback.runs import train_run
+    from feedback_runs import train_run
 
     return train_run(tmp_path_factory.mktemp("e2e"), [
         "model=attention_branch", "trainer=smoke", "data.synth.params.n=240",
@@ -102,6 +109,7 @@ class Page:
                  height: int = 720, fresh_view: bool = True) -> None:
         self.server = server
         self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.context.set_default_timeout(WAIT_MS)
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.external: list[str] = []
@@ -129,7 +137,7 @@ class Page:
         if fresh_view:
             self.page.evaluate("localStorage.clear()")
             self.page.reload()
-        self.page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        self.page.wait_for_selector("body[data-ready='1']")
         return time.perf_counter() - t0
 
     def shot(self, name: str, full_page: bool = False) -> None:
@@ -162,7 +170,7 @@ class Page:
     def pixels(self, sel: str) -> str:
         return str(self.page.evaluate(f"document.querySelector('{sel}').toDataURL()"))
 
-    def until(self, expr: str, timeout: float = 30_000) -> None:
+    def until(self, expr: str, timeout: float = WAIT_MS) -> None:
         """Wait until a JS expression is true. An arrow function, never a bare string: the
         page's CSP forbids eval, which Playwright uses to compile string predicates."""
         self.page.wait_for_function(f"() => ({expr})", timeout=timeout)
@@ -170,6 +178,26 @@ class Page:
     def settle(self) -> None:  # two animation frames: the canvases are painted
         self.page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
                            "requestAnimationFrame(r)))")
+
+    def confirm(self, times: int = 1) -> list[str]:
+        """Answer the page's own confirmation dialog(s) with its "yes" button; their texts."""
+        texts = []
+        for _ in range(times):
+            self.page.wait_for_selector("#confirm-dialog[open]")
+            texts.append(self.page.locator("#confirm-dialog").inner_text())
+            self.page.click("#confirm-dialog .confirm-yes")
+            self.until("!document.querySelector('#confirm-dialog').open || "
+                       "document.querySelector('#confirm-dialog .confirm-yes').disabled === false")
+        self.dialogs.extend(texts)
+        return texts
+
+    def confirm_all(self) -> list[str]:
+        """Answer every confirmation that appears until the page is idle (accept may ask twice)."""
+        texts = self.confirm()
+        self.settle()
+        if self.page.locator("#confirm-dialog[open]").count():
+            texts += self.confirm()
+        return texts
 
     def close(self) -> None:
         if self.errors or self.external:
@@ -233,7 +261,7 @@ def test_the_page_cannot_be_framed(browser: Any, server: dict[str, Any]) -> None
         assert r.headers["x-frame-options"] == "DENY"
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
         page.set_content(f"<iframe id='f' src='{server['url']}/'></iframe>")
-        time.sleep(1.0)
+        page.wait_for_load_state("load")  # the frame's load (refused) ends before the page's
         frame = page.frame_locator("#f")
         assert frame.locator("#retrain").count() == 0  # the browser refused to show it
     finally:
@@ -252,7 +280,8 @@ def test_blank_or_invalid_fields_start_nothing(browser: Any, server: dict[str, A
     try:
         # Plain-language labels, the maths in tooltips, ML knobs folded away.
         assert page.locator("label[for='f-gamma']").inner_text() == "Feedback strength"
-        assert "γ" in page.locator("#f-gamma").get_attribute("title")
+        assert "γ" not in page.locator("#retrain-section").inner_text()  # folded away
+        assert "γ" in page.locator("#advanced").text_content()
         assert not page.locator("#advanced").evaluate("d => d.open")
         for name in ("lr", "train", "mode", "max_batches", "seed"):
             assert page.locator(f"#advanced [name='{name}']").count() == 1, name
@@ -278,7 +307,7 @@ def test_blank_or_invalid_fields_start_nothing(browser: Any, server: dict[str, A
         page.click("#retrain")
         page.wait_for_selector("#lr-error:not([hidden])")
         assert page.locator("#advanced").evaluate("d => d.open")
-        time.sleep(0.3)
+        p.settle()
         assert not [r for r in p.requests if r.startswith("POST /api/retrain")], p.requests
         assert api.get("/api/retrain").json()["state"] == "idle"
         assert len(api.get("/api/versions").json()) == versions
@@ -301,14 +330,14 @@ def test_a_refused_drawing_disappears(browser: Any, server: dict[str, Any]) -> N
         test_id = page.locator("#image-list button").first.get_attribute("data-id")
         page.click(f"#image-list button[data-id='{test_id}']")
         p.until(f"window.mimicFeedback.state.imageId === '{test_id}'")
-        page.wait_for_selector("#roi-note:has-text('held-out')")
+        page.wait_for_selector("#roi-note:has-text('training images only')")
         page.click(".tool[data-tool='rect']")
         p.settle()
         before = p.pixels("#image-canvas")
         p.drag("#image-canvas", (0.2, 0.2), (0.7, 0.6))
         page.wait_for_selector("#canvas-message:not([hidden])")
         message = page.locator("#canvas-message").inner_text()
-        assert "held out" in message and "test split" in message, message
+        assert "training images only" in message and "check set 2" in message, message
         assert _in_viewport(page, "#canvas-message")
         p.settle()
         assert p.pixels("#image-canvas") == before  # the refused shape is gone
@@ -333,8 +362,8 @@ def test_editing_keyboard_and_view(browser: Any, server: dict[str, Any]) -> None
         page.keyboard.press("Tab")
         assert page.evaluate("!!document.activeElement.closest('#viewer')")
         # Thumbnails in the list.
-        p.until("""[...document.querySelectorAll('#image-list img.thumb')]
-            .slice(0, 5).every(i => i.complete && i.naturalWidth > 0)""")
+        p.until("""[...document.querySelectorAll('#image-list canvas.thumb')].slice(0, 5)
+            .every(c => c.getContext('2d').getImageData(20, 20, 1, 1).data[3] > 0)""")
         # The canvas takes the focus; keys zoom and pan it.
         page.focus("#image-canvas")
         page.keyboard.press("+")
@@ -424,7 +453,8 @@ def test_editing_keyboard_and_view(browser: Any, server: dict[str, Any]) -> None
         p.until(f"window.mimicFeedback.state.imageId === '{third}'")
         page.click("#zoom-in")
         page.click(".tool[data-tool='ellipse']")
-        time.sleep(0.3)  # the view is saved 150 ms after a change
+        p.until("Object.keys(localStorage).some(k => k.startsWith('mimic-feedback:') && "
+                "localStorage[k].includes('\"tool\":\"ellipse\"'))")  # saved 150 ms later
         p.open(fresh_view=False)
         assert p.state("imageId") == third and p.state("zoom") == 1.25
         assert p.state("tool") == "ellipse" and p.state("wl.level") == 60
@@ -493,14 +523,14 @@ def test_full_session(browser: Any, server: dict[str, Any]) -> None:
         page.fill("#f-max_batches", "2")
         t0 = time.perf_counter()
         page.click("#retrain")
-        page.wait_for_selector("#retrain-message[data-state='done']", timeout=300_000)
+        page.wait_for_selector("#retrain-message[data-state='done']")
         timings["retrain"] = time.perf_counter() - t0
         p.until("document.querySelector('#version-badge').dataset.candidate === '2'")
         assert not page.locator("#accept").is_disabled()
         assert not page.locator("#rollback").is_disabled()
-        assert "candidate v2" in page.locator("#show-diff").inner_text()
+        assert "new v2" in page.locator("#show-diff").inner_text()
         assert "highlight" in page.locator("#show-diff").get_attribute("class")
-        assert "Candidate version 2 is ready" in page.locator("#status").inner_text()
+        assert "New version 2 is ready" in page.locator("#status").inner_text()
         row = page.locator("#versions tr[data-version='2']")
         assert "strength 30" in row.inner_text() and row.get_attribute("data-status") == "candidate"
         assert "γ" in row.locator("td.settings").get_attribute("title")
@@ -515,7 +545,7 @@ def test_full_session(browser: Any, server: dict[str, Any]) -> None:
         assert page.locator("#compare-after").input_value() == "2"
         for sel in ("#cmp-before", "#cmp-after", "#cmp-delta"):
             assert page.locator(sel).bounding_box()["width"] >= 250, sel
-        diff = api.get("/api/diff", params={"before": 1, "after": 2}).json()
+        diff = api.get("/api/diff", params={"before": 1, "after": 2, "heldout": "val"}).json()
         acc = diff["heldout"]["accuracy"]
         table = page.locator("#diff-summary").inner_text()
         assert f"{100 * acc['before']:.1f} %" in table and f"{100 * acc['after']:.1f} %" in table
@@ -525,7 +555,7 @@ def test_full_session(browser: Any, server: dict[str, Any]) -> None:
         fb_rows = page.locator("#diff-summary tr.not-meaningful")
         assert fb_rows.count() >= 3 and "not meaningful" in fb_rows.first.inner_text()
         ho_n = diff["heldout"]["n_images"]
-        ho_row = page.locator("#diff-summary tr[data-key='Correct diagnoses']").last
+        ho_row = page.locator("#diff-summary tr[data-key='Right diagnoses']").last
         assert ("not-meaningful" in (ho_row.get_attribute("class") or "")) == (ho_n < 10)
         trends = page.locator("#diff-summary td[data-trend]")
         assert trends.count() >= 4
@@ -545,14 +575,24 @@ def test_full_session(browser: Any, server: dict[str, Any]) -> None:
         p.shot("session-4-compare-1280x720")
         page.keyboard.press("0")
 
-        # Accept (a confirmation says what will happen).
+        # Accept: the confirmation says what will happen and what the accuracy does; it asks
+        # twice only when the accuracy falls.
         t0 = time.perf_counter()
         page.click("#accept")
+        texts = p.confirm()
+        assert "becomes the version in use" in texts[0] and "Right diagnoses" in texts[0]
+        assert "percentage points" in texts[0] and "changed" in texts[0], texts[0]
+        falls = acc["after"] < acc["before"]
+        p.settle()
+        if falls:
+            texts += p.confirm()
+            assert "accuracy falls" in texts[-1]
         p.until("document.querySelector('#version-badge').dataset.current === '2'")
         p.until("document.querySelector('#status').innerText.includes("
                                "'Accepted: version 2')")
         timings["accept"] = time.perf_counter() - t0
-        assert "becomes the version in use" in p.dialogs[-1]
+        assert len(texts) == (2 if falls else 1)
+        assert page.evaluate("!!document.activeElement.closest('#actions')")  # focus kept
         assert page.locator("#rollback").is_disabled() and page.locator("#accept").is_disabled()
         assert page.locator("#revert").inner_text() == "Revert to v1…"
         p.shot("session-5-accepted-1280x720")
@@ -561,6 +601,7 @@ def test_full_session(browser: Any, server: dict[str, Any]) -> None:
         weights_v1 = api.get("/api/versions").json()[0]["sha256"]
         t0 = time.perf_counter()
         page.click("#versions tr[data-version='1'] button.revert-to")
+        p.confirm()
         p.until("document.querySelector('#version-badge').dataset.current === '1'")
         p.until("document.querySelector('#status').innerText.includes('Reverted')")
         timings["revert"] = time.perf_counter() - t0
@@ -587,9 +628,9 @@ def test_full_session(browser: Any, server: dict[str, Any]) -> None:
 
         # Discard: a second candidate, thrown away; the version in use does not change.
         page.click("#retrain")
-        p.until("document.querySelector('#version-badge').dataset.candidate === '3'",
-                               timeout=300_000)
+        p.until("document.querySelector('#version-badge').dataset.candidate === '3'")
         page.click("#rollback")
+        p.confirm()
         p.until("document.querySelector('#status').innerText.includes('Discarded')")
         assert "stays in use" in p.dialogs[-1]
         status = api.get("/api/status").json()
@@ -633,14 +674,14 @@ def test_reload_during_a_retraining(browser: Any, server: dict[str, Any]) -> Non
         page.wait_for_selector("#retrain-message[data-state='running']")
         p.open(fresh_view=True)  # even a cleared browser shows the running settings
         p.until("document.querySelector('#retrain-message').textContent"
-                               ".includes('epoch 2/3')")
+                               ".includes('round 2 of 3')")
         assert page.locator("#f-epochs").input_value() == "3"
         assert page.locator("#f-gamma").input_value() == "12"
         assert page.locator("#retrain").is_disabled()
         assert page.locator("#retrain-progress").evaluate("e => e.value") == pytest.approx(0.4)
         p.shot("reload-while-retraining-800x900")
         release.set()
-        page.wait_for_selector("#retrain-message[data-state='failed']", timeout=30_000)
+        page.wait_for_selector("#retrain-message[data-state='failed']")
         assert "stopped by the test" in page.locator("#status").inner_text()
     finally:
         release.set()
@@ -648,3 +689,297 @@ def test_reload_during_a_retraining(browser: Any, server: dict[str, Any]) -> Non
         runner.retrain_fn = original
         p.close()
         _clear_rois(api)
+
+
+# -- issue 21 ------------------------------------------------------------------------------------
+def _paths(api: httpx.Client) -> set[str]:
+    return set(api.get("/openapi.json").json()["paths"])
+
+
+def _needs(api: httpx.Client, path: str) -> None:
+    if path not in _paths(api):
+        pytest.skip(f"the server has no {path} yet")
+
+
+def _candidate(server: dict[str, Any]) -> int:
+    """A waiting candidate made through the API (one tiny retraining)."""
+    api, runner = server["api"], server["app"].state.runner
+    image = _train_images(api, 1)[0]
+    if not api.get("/api/rois").json():
+        api.post("/api/rois", json={"rois": [{"image_id": image, "shape": "rect",
+                                              "kind": "include", "points": [[0.2, 0.2],
+                                                                            [0.6, 0.6]]}]})
+    status = api.get("/api/status").json()
+    if status["candidate"]:
+        return int(status["candidate"]["id"])
+    r = api.post("/api/retrain", json={"epochs": 1, "max_batches": 1})
+    assert r.status_code == 202, r.text
+    runner.join(WAIT_MS / 1000)
+    cand = api.get("/api/status").json()["candidate"]
+    assert cand, api.get("/api/retrain").json()
+    return int(cand["id"])
+
+
+def _discard_candidate(api: httpx.Client) -> None:
+    if api.get("/api/status").json()["candidate"]:
+        api.post("/api/discard", json={})
+
+
+def test_decimal_comma_is_a_decimal_point(browser: Any, server: dict[str, Any]) -> None:
+    runner = server["app"].state.runner
+    seen: list[Any] = []
+
+    def fake(session, params, progress, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(params)
+        raise RuntimeError("stopped by the test")
+
+    original, runner.retrain_fn = runner.retrain_fn, fake
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        bodies: list[dict[str, Any]] = []
+        page.on("request", lambda r: bodies.append(json.loads(r.post_data))
+                if r.method == "POST" and r.url.endswith("/api/retrain") else None)
+        # Ambiguous input is refused next to the field; nothing is sent.
+        page.fill("#f-gamma", "1.000,5")
+        page.click("#retrain")
+        page.wait_for_selector("#gamma-error:not([hidden])")
+        assert "decimal" in page.locator("#gamma-error").inner_text()
+        assert not bodies
+        # 30,5 is 30.5, in every numeric field (here the learning rate too).
+        page.fill("#f-gamma", "30,5")
+        page.click("#advanced summary")
+        page.fill("#f-lr", "0,002")
+        page.click("#retrain")
+        page.wait_for_selector("#retrain-message[data-state='failed']")
+        assert bodies and bodies[-1]["gamma"] == 30.5 and bodies[-1]["lr"] == 0.002, bodies
+        assert seen and seen[-1].gamma == 30.5
+        assert page.locator("#gamma-error").is_hidden()
+        # The window/level readout reads a comma too.
+        page.fill("#wl-l", "100,5")
+        page.press("#wl-l", "Enter")
+        p.until("window.mimicFeedback.state.wl.level === 101 || "
+                "window.mimicFeedback.state.wl.level === 100")
+        assert page.locator("#wl-error").is_hidden()
+        p.shot("decimal-comma-1280x720")
+    finally:
+        runner.join(30)
+        runner.retrain_fn = original
+        p.close()
+
+
+def test_cancel_stops_a_long_retraining(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    _needs(api, "/api/retrain/cancel")
+    _discard_candidate(api)
+    image = _train_images(api, 1)[0]
+    api.post("/api/rois", json={"rois": [{"image_id": image, "shape": "rect", "kind": "include",
+                                          "points": [[0.2, 0.2], [0.6, 0.6]]}]})
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        page.fill("#reviewer", "Dr Test")
+        page.press("#reviewer", "Enter")
+        page.fill("#f-epochs", "1000")
+        page.click("#retrain")
+        # An estimate from a measured step; above a few minutes the page asks first.
+        p.confirm()
+        assert "about" in p.dialogs[-1] and "Cancel" in p.dialogs[-1], p.dialogs[-1]
+        page.wait_for_selector("#retrain-message[data-state='running']")
+        page.wait_for_selector("#cancel-retrain:not([hidden])")
+        p.shot("retraining-with-cancel-1280x720")
+        t0 = time.perf_counter()
+        page.click("#cancel-retrain")
+        page.wait_for_selector("#retrain-message[data-state='cancelled']")
+        took = time.perf_counter() - t0
+        assert took <= 5.0 + 2.0, took  # ≤ 5 s on the server, plus the page's 0.5 s poll
+        state = api.get("/api/retrain").json()["state"]
+        assert state == "cancelled", state
+        assert api.get("/api/status").json()["candidate"] is None
+        events = api.get("/api/events").json()
+        ev = next(e for e in events if e["action"] == "retrain_cancelled")
+        assert ev["author"] == "Dr Test", ev
+        assert not page.locator("#retrain").is_disabled()
+        assert "cancelled" in page.locator("#status").inner_text().lower()
+    finally:
+        p.close()
+        _clear_rois(api)
+
+
+def test_a_double_clicked_accept_sends_one_request(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    _candidate(server)
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        page.wait_for_selector("#accept:not([disabled])")
+        page.dblclick("#accept")
+        page.wait_for_selector("#confirm-dialog[open]")
+        page.dblclick("#confirm-dialog .confirm-yes")
+        p.settle()
+        if page.locator("#confirm-dialog[open]").count():  # the accuracy fell: asked twice
+            page.dblclick("#confirm-dialog .confirm-yes")
+        p.until("document.querySelector('#status').innerText.includes('Accepted')")
+        accepts = [r for r in p.requests if r.startswith("POST /api/accept")]
+        assert len(accepts) == 1, p.requests
+        assert "error" not in (page.locator("#status").get_attribute("class") or "")
+    finally:
+        p.close()
+        api.post("/api/revert", json={"version": 1})
+        _clear_rois(api)
+
+
+def test_a_second_tab_learns_of_a_decision(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    cand = _candidate(server)
+    a = Page(browser, server, 1280, 720)
+    b = Page(browser, server, 800, 900, fresh_view=False)
+    try:
+        b.page.wait_for_selector("#accept:not([disabled])")
+        a.page.click("#rollback")
+        a.confirm()
+        a.until("document.querySelector('#status').innerText.includes('Discarded')")
+        t0 = time.perf_counter()
+        b.until("document.querySelector('#version-badge').dataset.candidate === ''")
+        b.page.wait_for_selector("#remote-note:not([hidden])")
+        took = time.perf_counter() - t0
+        assert took <= 5.0, took
+        note = b.page.locator("#remote-note").inner_text()
+        assert "another window" in note and f"{cand}" in note, note
+        assert b.page.locator("#accept").is_disabled()
+        b.shot("second-tab-800x900")
+    finally:
+        a.close()
+        b.close()
+        _clear_rois(api)
+
+
+def test_copy_a_region_to_all_images(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    _needs(api, "/api/rois/apply")
+    _clear_rois(api)
+    n_train = api.get("/api/info").json()["splits"]["train"]
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        page.keyboard.press("r")
+        page.keyboard.press("n")
+        p.drag("#image-canvas", (0.78, 0.02), (0.98, 0.2))
+        p.n_rois(1)
+        # find: the list sorted by the attention inside the region's box
+        page.click("#roi-list li .find-here")
+        p.until("window.mimicFeedback.state.filters.region !== null")
+        page.wait_for_selector("#image-list .share")
+        page.click("#roi-list li .apply-roi")
+        page.wait_for_selector("#apply-dialog[open]")
+        page.check("#apply-dialog input[value='all']")
+        p.shot("copy-region-1280x720")
+        page.click("#apply-go")
+        p.until(f"document.querySelector('#rois-badge').dataset.images === '{n_train}'")
+        rois = api.get("/api/rois").json()
+        assert len({r["image_id"] for r in rois}) == n_train
+        assert all(r["kind"] == "exclude" for r in rois)
+        # next image without regions: there is none left
+        page.click("#next-unmarked")
+        page.wait_for_selector("#list-message:has-text('Every image')")
+    finally:
+        p.close()
+        _clear_rois(api)
+
+
+def test_a_rectangle_drawn_by_keyboard_alone(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    _clear_rois(api)
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        image = p.state("imageId")
+        # Tab to the image (skip link), no mouse at all.
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        for _ in range(60):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "image-canvas":
+                break
+        assert page.evaluate("document.activeElement.id") == "image-canvas"
+        page.keyboard.press("r")
+        page.keyboard.press("n")
+        for _ in range(4):
+            page.keyboard.press("ArrowLeft")
+            page.keyboard.press("ArrowUp")
+        page.keyboard.press("Enter")  # starts a box at the cross
+        for _ in range(3):
+            page.keyboard.press("Shift+ArrowRight")
+        page.keyboard.press("k")  # switch: "not here" -> "look here"
+        p.shot("keyboard-drawing-1280x720")
+        page.keyboard.press("Enter")  # saves it
+        p.n_rois(1)
+        (roi,) = api.get("/api/rois", params={"image_id": image}).json()
+        (x0, y0), (x1, _) = roi["points"]
+        assert roi["shape"] == "rect" and roi["kind"] == "include"
+        assert x0 == pytest.approx(0.5 - 4 / 32, abs=0.02) and y0 == pytest.approx(0.5 - 4 / 32,
+                                                                                   abs=0.02)
+        assert x1 - x0 == pytest.approx(0.1 + 3 / 32, abs=0.02)
+        # Select it and move it with the keyboard.
+        page.keyboard.press("v")
+        page.click("#roi-list li .roi-label")
+        page.focus("#image-canvas")
+        page.keyboard.press("ArrowRight")
+        p.until(f"window.mimicFeedback.state.rois[0].points[0][0] > {x0 + 0.01}")
+        # D: to the decisions.
+        page.keyboard.press("d")
+        assert page.evaluate("!!document.activeElement.closest('#actions')")
+    finally:
+        p.close()
+        _clear_rois(api)
+
+
+def test_a_jitter_makes_no_region(browser: Any, server: dict[str, Any]) -> None:
+    api = server["api"]
+    _clear_rois(api)
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        page.keyboard.press("r")
+        x, y = p.client("#image-canvas", 0.5, 0.5)
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 3, y + 3, steps=2)
+        page.mouse.up()
+        page.wait_for_selector("#canvas-message:has-text('Too small')")
+        assert api.get("/api/rois").json() == []
+        # A drag that starts in the dark margin says why nothing happens.
+        page.click("#zoom-out")
+        page.click("#zoom-out")
+        mx, my = p.client("#image-canvas", -0.1, 0.5)
+        page.mouse.move(mx, my)
+        page.mouse.down()
+        page.mouse.move(mx + 60, my + 60, steps=3)
+        page.mouse.up()
+        page.wait_for_selector("#canvas-message:has-text('margin')")
+        assert api.get("/api/rois").json() == []
+    finally:
+        p.close()
+
+
+def test_a_large_single_view(browser: Any, server: dict[str, Any]) -> None:
+    p = Page(browser, server, 1280, 720)
+    page = p.page
+    try:
+        box = page.locator("#image-canvas").bounding_box()
+        assert box["width"] >= 600, box
+        assert not page.locator("#attention-canvas").is_visible()  # the maps over the image
+        # window/level presets with a numeric readout, invert, outline
+        p.settle()
+        before = p.pixels("#image-canvas")
+        page.select_option("#wl-preset", "96/128")
+        assert page.locator("#wl-w").input_value() == "96"
+        page.check("#invert")
+        page.select_option("#att-style", "outline")
+        p.settle()
+        assert p.pixels("#image-canvas") != before
+        p.shot("large-view-outline-1280x720")
+        page.check("input[name='view'][value='side']")  # side by side on demand
+        assert page.locator("#attention-canvas").is_visible()
+    finally:
+        p.close()

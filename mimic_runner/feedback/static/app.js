@@ -883,7 +883,7 @@ async function loadRois() {
   const allowed = state.info ? state.info.feedback_splits : ["train"];
   const heldOut = state.imageId && !allowed.includes(state.imageSplit);
   $("#roi-note").textContent = heldOut
-    ? `This is a held-out ${state.imageSplit === "val" ? "validation" : "test"} image: regions can be drawn on training images only, so that the checks on held-out images stay honest.`
+    ? `This image belongs to ${SPLIT_WORDS[state.imageSplit] || state.imageSplit} (not trained on): regions can be drawn on training images only, so that the check stays honest.`
     : (state.rois.length ? "" : "No regions yet: choose “rectangle”, “ellipse”, “polygon” or “freehand” and draw on the image (or R, then arrow keys and Enter).");
   $("#delete-roi").disabled = state.selected === null;
   $("#toggle-kind").disabled = state.selected === null;
