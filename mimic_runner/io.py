@@ -20,7 +20,7 @@ def _reason(exc: OSError) -> str:
     return no_room(exc) or exc.strerror or type(exc).__name__
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     """What a non-regular file is, in words (``mode`` from :func:`os.stat`)."""
     if stat.S_ISDIR(mode):
         return "a folder"
@@ -66,7 +66,7 @@ def require_regular_file(path: str | os.PathLike[str], what: str) -> Path:
             raise UserError(f"{what}: {path!r} is not a valid path") from None
         raise UserError(_stat_error(exc, p, what)) from None
     if not stat.S_ISREG(mode):
-        raise UserError(f"{what}: {p} is {_kind(mode)}, not a regular file; give a file")
+        raise UserError(f"{what}: {p} is {file_kind(mode)}, not a regular file; give a file")
     return p
 
 
@@ -93,7 +93,7 @@ def refuse_non_regular_output(path: str | os.PathLike[str], what: str | None = N
             return p  # check_output_dir words that)
         raise UserError(_stat_error(exc, p, what or "output")) from None
     if not stat.S_ISREG(mode):
-        raise UserError(f"{label} is {_kind(mode)}, not a regular file; refusing to replace "
+        raise UserError(f"{label} is {file_kind(mode)}, not a regular file; refusing to replace "
                         "it, choose another output path")
     return p
 

@@ -16,13 +16,20 @@ Attributes: `class_names` (a list of strings, not one string), `schema_version` 
 1), `source`, `aligned`.
 Every problem is raised as :class:`~mimic_runner.errors.DatasetError` naming the file, the key
 and what is wrong, before anything large is read: the declared array sizes are checked against
-the memory available first, and data are read in bounded blocks.
+the memory available first, and data are read in bounded blocks. Whatever h5py or libhdf5 raise
+on a damaged file becomes that one line too. Soft and external links in place of a key are
+refused, not followed; a path that is not a regular file (FIFO, device, socket) is refused
+before it is opened; a file is read in a child process that must keep making progress
+(:mod:`mimic_runner.data.watchdog`), so that a file on which libhdf5 loops or crashes is
+refused instead of hanging or killing the caller.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +37,13 @@ import h5py
 import numpy as np
 
 from mimic_runner.errors import DatasetError, UserError, no_room
-from mimic_runner.io import atomic_path, check_output_dir, hdf5_image, refuse_non_regular_output
+from mimic_runner.io import (
+    atomic_path,
+    check_output_dir,
+    hdf5_image,
+    refuse_non_regular_output,
+    file_kind,
+)
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -44,6 +57,7 @@ MAP_KEYS = tuple(MAP_DTYPES)
 MIN_IMAGE_SIDE = 8
 _BLOCK_BYTES = 64 << 20  # validation reads at most about this much at a time
 _ID_BYTES = 64  # rough in-memory cost of one id string, for the memory estimate
+Progress = Callable[[str], None]  # told the step about to be read (the key or attribute)
 
 
 @dataclass
@@ -145,7 +159,8 @@ def write_dataset(
     try:
         with atomic_path(final, overwrite=overwrite) as tmp:
             tmp.write_bytes(image)  # atomic_path flushes it to disk before the rename
-            validate_dataset(tmp, require_splits=(), display_path=final, check_memory=False)
+            validate_dataset(tmp, require_splits=(), display_path=final, check_memory=False,
+                             bounded=False)  # bytes this process made, not a stranger's file
     except OSError as exc:
         raise UserError(f"{final}: cannot write the dataset ({_write_problem(exc)}); nothing "
                         "was written. Free some space or choose another output folder") from None
@@ -218,11 +233,15 @@ def declared_bytes(f: h5py.File) -> int:
     return total
 
 
+def _noop(_: str) -> None:
+    """A progress callback that does nothing (reading in this process, unbounded)."""
+
+
 def _read(ds: h5py.Dataset, sel: slice | tuple[()], shown: Path, key: str) -> np.ndarray:
     """``ds[sel]``; an unreadable chunk (corrupted or truncated file) becomes one clear line."""
     try:
         return ds[sel]
-    except OSError as exc:
+    except Exception as exc:  # h5py raises OSError, RuntimeError, ValueError, ... for damage
         raise DatasetError(f"{shown}: key '{key}': the stored data cannot be read "
                            f"({_one_line(exc)}); the file is damaged (a corrupted or truncated "
                            "chunk): copy or generate it again") from None
@@ -233,11 +252,12 @@ def _rows_per_block(ds: h5py.Dataset) -> int:
     return max(1, _BLOCK_BYTES // max(1, row))
 
 
-def _read_ids(ds: h5py.Dataset, shown: Path) -> np.ndarray:
+def _read_ids(ds: h5py.Dataset, shown: Path, progress: Progress = _noop) -> np.ndarray:
     """The ids as an object array of str; a row that is not UTF-8 is named."""
     out = np.empty(ds.shape[0], dtype=object)
     step = max(1, _BLOCK_BYTES // _ID_BYTES)
     for start in range(0, ds.shape[0], step):
+        progress(f"key 'ids' (rows from {start})")
         block = _read(ds, slice(start, start + step), shown, "ids")
         for i, raw in enumerate(block.tolist()):
             if isinstance(raw, bytes):
@@ -251,60 +271,117 @@ def _read_ids(ds: h5py.Dataset, shown: Path) -> np.ndarray:
     return out
 
 
-def validate_dataset(
-    path: str | os.PathLike[str],
-    require_splits: Sequence[str] = SPLITS,
-    display_path: str | os.PathLike[str] | None = None,
-    *,
-    check_memory: bool = True,
-    deep: bool = False,
-) -> DatasetInfo:
-    """Check a file against the schema and return a :class:`DatasetInfo`.
-
-    ``require_splits`` names the splits that must hold at least one image. ``check_memory``
-    refuses a file whose arrays would not fit in the memory available (the runner loads a
-    dataset whole). ``deep`` also reads every array in bounded blocks, so that a damaged
-    chunk is reported now rather than when training starts.
-    """
-    p = Path(path)
-    shown = Path(display_path) if display_path is not None else p
-    if p.is_dir():
+def _check_file(p: Path, shown: Path) -> None:
+    """Refuse, without opening it, a path that is not a readable regular file: a FIFO would
+    block the reader for ever, a device would be read without end."""
+    try:
+        mode = os.stat(p).st_mode
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise DatasetError(f"{shown}: no such dataset file; create it with `mimic-data "
+                               f"synth-cxr --out {shown}` or `mimic-data prepare ...`") from None
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+            raise DatasetError(f"{str(shown)[:80]}...: the path is too long (a component or the "
+                               "whole path exceeds the file system's limit); give a shorter "
+                               "path") from None
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise DatasetError(f"{shown}: cannot look at the file ({reason})") from None
+    if stat.S_ISDIR(mode):
         raise DatasetError(f"{shown}: is a directory, not a dataset file; pass the .h5 file "
                            "itself")
-    if not p.exists():
-        raise DatasetError(f"{shown}: no such dataset file; create it with `mimic-data synth-cxr "
-                           f"--out {shown}` or `mimic-data prepare ...`")
+    if not stat.S_ISREG(mode):  # a FIFO, device or socket: never opened
+        raise DatasetError(f"{shown}: is {file_kind(mode)}, not a regular file; pass the .h5 "
+                           "file itself")
     if not os.access(p, os.R_OK):
         raise DatasetError(f"{shown}: permission denied; make the file readable")
+
+
+def _link_problem(f: h5py.File, key: str) -> str | None:
+    """Why ``key`` cannot be read as stored in this file: a soft or external link (refused,
+    not followed: a dangling one fails deep inside h5py, an external one opens another file,
+    perhaps a FIFO), or None. Reads the link itself, never what it points to."""
+    link = f.get(key, getlink=True)
+    if isinstance(link, h5py.SoftLink):
+        return (f"is a soft link to '{link.path}'; mimic-runner reads only arrays stored "
+                "under their own name (copy the array there)")
+    if isinstance(link, h5py.ExternalLink):
+        return (f"is an external link to '{link.path}' in {link.filename}; mimic-runner reads "
+                "only arrays stored in the file itself (copy the array into it)")
+    return None
+
+
+def _plain(value: object) -> object:
+    """An informative attribute as plain Python (str, number, bool, list), for printing."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return " ".join(str(value).split())[:200]
+
+
+def _validate(p: Path, shown: Path, require_splits: tuple[str, ...], check_memory: bool,
+              deep: bool, progress: Progress = _noop) -> DatasetInfo:
+    """:func:`validate_dataset`'s work on a checked path. Any error of h5py or libhdf5 becomes
+    one :class:`DatasetError` naming the file and the key or attribute being read;
+    ``progress(step)`` is called before every read (see :mod:`.watchdog`)."""
+    where = ["opening it"]
+
+    def step(what: str) -> None:
+        where[0] = what
+        progress(what)
+
+    try:
+        return _validate_open(p, shown, require_splits, check_memory, deep, step)
+    except DatasetError:
+        raise
+    except Exception as exc:  # h5py/libhdf5 on a damaged file: KeyError, RuntimeError, ...
+        raise DatasetError(f"{shown}: {where[0]}: cannot be read ({type(exc).__name__}: "
+                           f"{_one_line(exc)}); the file is damaged or not in the schema: copy "
+                           "or generate it again") from None
+
+
+def _validate_open(p: Path, shown: Path, require_splits: tuple[str, ...], check_memory: bool,
+                   deep: bool, step: Progress) -> DatasetInfo:
+    step("opening it")
     try:
         f = h5py.File(p, "r")
-    except OSError as exc:
+    except Exception as exc:
         raise DatasetError(f"{shown}: not a readable HDF5 file ({_one_line(exc)})") from None
 
     def fail(key: str, problem: str) -> DatasetError:
         return DatasetError(f"{shown}: key '{key}': {problem}")
 
     def attr(name: str) -> object:
+        step(f"attribute '{name}'")
         try:
             return _decode(f.attrs[name]) if name in f.attrs else None
-        except (UnicodeDecodeError, OSError, TypeError) as exc:
+        except Exception as exc:
             raise DatasetError(f"{shown}: attribute '{name}' cannot be read "
                                f"({_one_line(exc)})") from None
 
     with f:
         for key in (*REQUIRED_KEYS, *MAP_KEYS):
+            step(f"key '{key}'")
+            problem = _link_problem(f, key)
+            if problem:
+                raise fail(key, problem)
             if key not in f:
                 if key in MAP_KEYS:
                     continue
-                return_keys = ", ".join(sorted(f.keys())) or "none"
-                raise fail(key, f"missing (the file has: {return_keys}); see the schema in README")
-            if not isinstance(f[key], h5py.Dataset):
-                raise fail(key, "is a group; expected an array (see the schema in README)")
+                try:
+                    present = ", ".join(sorted(f.keys())) or "none"
+                except Exception:
+                    present = "unreadable"
+                raise fail(key, f"missing (the file has: {present}); see the schema in README")
+            obj = f[key]
+            if not isinstance(obj, h5py.Dataset):
+                kind = "a group" if isinstance(obj, h5py.Group) else f"a {type(obj).__name__}"
+                raise fail(key, f"is {kind}; expected an array (see the schema in README)")
         version = attr("schema_version")
         if version is None:
             raise DatasetError(f"{shown}: attribute 'schema_version' missing")
         if not isinstance(version, int) or isinstance(version, bool):
-            raise DatasetError(f"{shown}: attribute 'schema_version' is {version!r} "
+            raise DatasetError(f"{shown}: attribute 'schema_version' is {version!r:.60} "
                                f"({type(version).__name__}); expected the integer "
                                f"{SCHEMA_VERSION} (write it as f.attrs['schema_version'] = "
                                f"{SCHEMA_VERSION})")
@@ -325,8 +402,10 @@ def validate_dataset(
         if len(class_names) < 2:
             raise DatasetError(f"{shown}: attribute 'class_names' must name at least 2 classes")
         if len(set(class_names)) != len(class_names):
-            raise DatasetError(f"{shown}: attribute 'class_names' repeats a name: {class_names}")
+            raise DatasetError(f"{shown}: attribute 'class_names' repeats a name: "
+                               f"{class_names!r:.200}")
 
+        step("key 'images'")
         images = f["images"]
         if images.dtype != np.uint8:
             raise fail("images", f"dtype {images.dtype}, expected uint8")
@@ -341,6 +420,7 @@ def validate_dataset(
                                  "by 8 or more): prepare the data at a larger size")
         for key, dtype, shape in (("labels", np.int64, (n,)), ("split", np.uint8, (n,)),
                                   ("ids", None, (n,))):
+            step(f"key '{key}'")
             ds = f[key]
             if ds.shape != shape:
                 raise fail(key, f"shape {ds.shape}, expected {shape} (N = {n} from 'images')")
@@ -350,6 +430,7 @@ def validate_dataset(
             raise fail("ids", f"dtype {f['ids'].dtype}, expected utf-8 strings")
         maps = []
         for key, dtype in MAP_DTYPES.items():
+            step(f"key '{key}'")
             if key not in f:
                 continue
             ds = f[key]
@@ -361,6 +442,7 @@ def validate_dataset(
         # Shapes are consistent: now make sure loading the file cannot exhaust memory, before
         # reading anything of size N.
         if check_memory:
+            step("key 'images' (memory needed)")
             needed, avail = declared_bytes(f), available_memory()
             if avail is not None and needed > avail:
                 raise fail("images", f"the file declares {n} images of {c}x{h}x{w} px; loading "
@@ -369,12 +451,14 @@ def validate_dataset(
                                      "dataset in memory): prepare it at a smaller size or with "
                                      "fewer images")
 
+        step("key 'labels'")
         labels = _read(f["labels"], (), shown, "labels")
         bad = (labels < 0) | (labels >= len(class_names))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise fail("labels", f"label {int(labels[i])} at row {i} is out of range "
                                  f"0..{len(class_names) - 1} ({len(class_names)} class_names)")
+        step("key 'split'")
         split = _read(f["split"], (), shown, "split")
         if not np.isin(split, (0, 1, 2)).all():
             i = int(np.flatnonzero(~np.isin(split, (0, 1, 2)))[0])
@@ -384,15 +468,16 @@ def validate_dataset(
         for name in require_splits:
             if split_counts[name] == 0:
                 raise fail("split", f"the '{name}' split is empty; assign some images to it")
-        ids = _read_ids(f["ids"], shown)
+        ids = _read_ids(f["ids"], shown, step)
         if len(set(ids.tolist())) != n:
             raise fail("ids", "ids are not unique")
 
         if "gaze" in maps:
             ds = f["gaze"]
-            step = _rows_per_block(ds)
-            for start in range(0, n, step):
-                block = _read(ds, slice(start, start + step), shown, "gaze")
+            rows = _rows_per_block(ds)
+            for start in range(0, n, rows):
+                step(f"key 'gaze' (rows from {start})")
+                block = _read(ds, slice(start, start + rows), shown, "gaze")
                 if not np.isfinite(block).all():
                     i = start + int(np.flatnonzero(~np.isfinite(block).all(axis=(1, 2)))[0])
                     raise fail("gaze", f"NaN or Inf at row {i} (id {ids[i]})")
@@ -403,9 +488,10 @@ def validate_dataset(
         if deep:
             for key in ("images", *[m for m in maps if m != "gaze"]):
                 ds = f[key]
-                step = _rows_per_block(ds)
-                for start in range(0, n, step):
-                    _read(ds, slice(start, start + step), shown, key)
+                rows = _rows_per_block(ds)
+                for start in range(0, n, rows):
+                    step(f"key '{key}' (rows from {start})")
+                    _read(ds, slice(start, start + rows), shown, key)
 
         class_counts = {
             name: {cn: int(((split == i) & (labels == k)).sum())
@@ -413,13 +499,53 @@ def validate_dataset(
             for i, name in enumerate(SPLITS)
         }
         attrs: dict[str, object] = {}
-        for k in f.attrs:  # other attributes are informative only: never fatal
+        step("attributes")
+        try:
+            names = list(f.attrs)
+        except Exception:
+            names = []
+            attrs["<attributes>"] = "<unreadable>"
+        for k in names:  # other attributes are informative only: never fatal
             try:
-                attrs[k] = attr(k)
+                attrs[k] = _plain(attr(k))
             except DatasetError:
                 attrs[k] = "<unreadable>"
     return DatasetInfo(path=p, n=n, channels=c, height=h, width=w, class_names=class_names,
                        maps=maps, split_counts=split_counts, class_counts=class_counts, attrs=attrs)
+
+
+def validate_dataset(
+    path: str | os.PathLike[str],
+    require_splits: Sequence[str] = SPLITS,
+    display_path: str | os.PathLike[str] | None = None,
+    *,
+    check_memory: bool = True,
+    deep: bool = False,
+    bounded: bool = True,
+) -> DatasetInfo:
+    """Check a file against the schema and return a :class:`DatasetInfo`.
+
+    ``require_splits`` names the splits that must hold at least one image. ``check_memory``
+    refuses a file whose arrays would not fit in the memory available (the runner loads a
+    dataset whole). ``deep`` also reads every array in bounded blocks, so that a damaged
+    chunk is reported now rather than when training starts.
+
+    A path that is not a regular file (FIFO, device, socket, folder) is refused before it is
+    opened; soft and external links in place of a key are refused, not followed. With
+    ``bounded`` (the default) the file is read in a child process that must keep making progress
+    (:func:`mimic_runner.data.watchdog.run_bounded`): libhdf5 can loop for ever, or crash, on a
+    damaged file; either becomes a :class:`DatasetError`. Every problem is one
+    :class:`DatasetError` line naming the file and the key or attribute.
+    """
+    p = Path(path)
+    shown = Path(display_path) if display_path is not None else p
+    _check_file(p, shown)
+    args = (p, shown, tuple(require_splits), check_memory, deep)
+    if not bounded:
+        return _validate(*args)
+    from mimic_runner.data.watchdog import run_bounded
+
+    return run_bounded(_validate, *args, what=str(shown))
 
 
 def read_dataset(
@@ -431,24 +557,35 @@ def read_dataset(
     """Validate and load a dataset into memory.
 
     Returns ``(arrays, info)``; ``arrays`` holds ``images``, ``labels``, ``split``, ``ids`` and the
-    optional maps present (or only ``keys``), restricted to ``split`` when given.
+    optional maps present (or only ``keys``), restricted to ``split`` when given. Validation is
+    deep and bounded (:func:`validate_dataset`): every array has been read once, in a child
+    process, before this process reads it, so a file that would hang or crash libhdf5 is
+    refused first.
     """
-    info = validate_dataset(path, require_splits=require_splits)
+    if split is not None and split not in SPLITS:
+        raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    info = validate_dataset(path, require_splits=require_splits, deep=True)
     wanted = list(keys) if keys is not None else [*REQUIRED_KEYS, *info.maps]
-    with h5py.File(info.path, "r") as f:
-        sel = slice(None)
-        if split is not None:
-            if split not in SPLITS:
-                raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-            mask = _read(f["split"], (), info.path, "split") == SPLITS.index(split)
-            if not mask.any():
-                raise DatasetError(f"{info.path}: the '{split}' split is empty")
-            sel = np.flatnonzero(mask)
-        out: dict[str, np.ndarray] = {}
-        for key in wanted:
-            if key not in f:
-                raise DatasetError(f"{info.path}: key '{key}': missing")
-            arr = _read_ids(f[key], info.path) if key == "ids" else _read(f[key], (), info.path,
-                                                                         key)
-            out[key] = arr[sel] if isinstance(sel, np.ndarray) else arr
+    shown = info.path
+    key = "split"
+    try:
+        with h5py.File(info.path, "r") as f:
+            sel = slice(None)
+            if split is not None:
+                mask = _read(f["split"], (), shown, "split") == SPLITS.index(split)
+                if not mask.any():
+                    raise DatasetError(f"{shown}: the '{split}' split is empty")
+                sel = np.flatnonzero(mask)
+            out: dict[str, np.ndarray] = {}
+            for key in wanted:
+                if key not in (*REQUIRED_KEYS, *info.maps):
+                    raise DatasetError(f"{shown}: key '{key}': missing")
+                arr = _read_ids(f[key], shown) if key == "ids" else _read(f[key], (), shown, key)
+                out[key] = arr[sel] if isinstance(sel, np.ndarray) else arr
+    except DatasetError:
+        raise
+    except Exception as exc:  # the file changed since it was validated, or h5py failed anyway
+        raise DatasetError(f"{shown}: key '{key}': cannot be read ({type(exc).__name__}: "
+                           f"{_one_line(exc)}); the file is damaged: copy or generate it "
+                           "again") from None
     return out, info
