@@ -15,21 +15,22 @@ NOT_IN_PURE = ("lightning", "pytorch_lightning", "h5py", "rich", "matplotlib", "
 # Who may import whom (first-level subpackages of mimic_runner; top-level modules by name).
 # A layer imports only itself and the layers listed for it.
 ALLOWED = {
-    "errors": set(), "io": {"errors"}, "paths": set(), "log": set(),
+    "errors": set(), "io": {"errors"}, "paths": set(), "log": set(), "traits": {"errors"},
     "plotting": {"io"},
     "rundir": {"errors", "io"},
     "config": {"errors", "paths"},
     "explain": {"errors"}, "metrics": {"errors", "explain"}, "models": {"errors"},
     "data": {"errors", "io", "paths", "log"},
     "training": {"errors", "io", "log", "rundir", "config", "data", "models", "explain",
-                 "metrics"},
+                 "metrics", "traits"},
     "analysis": {"errors", "io", "log", "rundir", "config", "data", "models", "explain",
                  "metrics", "training", "plotting"},
-    "report": {"errors", "io", "log", "rundir", "paths", "data", "plotting", "metrics"},
+    "report": {"errors", "io", "log", "rundir", "paths", "data", "plotting", "metrics",
+               "traits"},
     "feedback": {"errors", "io", "log", "rundir", "config", "data", "models", "explain",
                  "metrics", "training", "analysis", "plotting"},
     "bench": {"errors", "io", "log", "config", "data", "models", "explain", "metrics",
-              "training"},
+              "training", "traits"},
     "cli": None,  # the top: may import anything
 }
 

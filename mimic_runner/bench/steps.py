@@ -11,37 +11,59 @@ separately).
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from mimic_runner.training.builders import DataShape
+from mimic_runner.traits import ModelTraits
 
 DEFAULT_SHAPE = DataShape()  # the default data's (synth_cxr's) shapes
-MODELS = ("baseline", "improved_unet", "normal_ensemble", "expl_ensemble")
-ENSEMBLES = ("normal_ensemble", "expl_ensemble")
+# The models measured by default: the paper's Table 1 (any model option can be named).
+DEFAULT_MODELS = ("baseline", "improved_unet", "normal_ensemble", "expl_ensemble")
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
-def compose_config(overrides: Sequence[str]) -> Any:
-    """The run config ``mimic-run`` would see with ``overrides`` (the shipped ``conf/``)."""
+def compose_config(overrides: Sequence[str], config_dirs: Sequence[str | Path] = ()) -> Any:
+    """The run config ``mimic-run`` would see with ``overrides`` (the shipped ``conf/`` plus
+    ``config_dirs``, as ``--config-dir``)."""
     from mimic_runner.config import compose
 
-    return compose(overrides)
+    return compose(overrides, config_dirs=config_dirs)
+
+
+def model_options(config_dirs: Sequence[str | Path] = ()) -> list[str]:
+    """Every model option of the config group (``conf/model/`` and the ``config_dirs``')."""
+    from mimic_runner.config import group_options
+
+    return sorted(group_options("model", [Path(d) for d in config_dirs]) - {"default"})
+
+
+@functools.lru_cache(maxsize=64)
+def _traits(model: str, config_dirs: tuple[str, ...]) -> ModelTraits:
+    return ModelTraits.of(compose_config([f"model={model}"], config_dirs).model.get("traits"))
+
+
+def model_traits(model: str, config_dirs: Sequence[str | Path] = ()) -> ModelTraits:
+    """A model option's traits (``model.traits`` of its composed config)."""
+    return _traits(model, tuple(str(d) for d in config_dirs))
 
 
 def model_overrides(model: str, backbone: str, ensemble_size: int | None = None,
-                    impl: str | None = None, channels_last: bool = False) -> list[str]:
+                    impl: str | None = None, channels_last: bool = False,
+                    config_dirs: Sequence[str | Path] = ()) -> list[str]:
     """Hydra overrides selecting a model, backbone, memory format and (for ensembles) N and
     the strategy."""
     ov = [f"model={model}", f"backbone={backbone}"]
     # Always explicit: without it, small_cnn on the CPU gets channels-last by default.
     ov.append(f"++model.channels_last={'true' if channels_last else 'false'}")
-    if model in ENSEMBLES:
+    if model_traits(model, config_dirs).is_ensemble:
         if ensemble_size is not None:
             ov.append(f"model.ensemble_size={ensemble_size}")
         if impl is not None:
@@ -49,11 +71,12 @@ def model_overrides(model: str, backbone: str, ensemble_size: int | None = None,
     return ov
 
 
-def build_module(overrides: Sequence[str], shape: DataShape = DEFAULT_SHAPE) -> Any:
+def build_module(overrides: Sequence[str], shape: DataShape = DEFAULT_SHAPE,
+                 config_dirs: Sequence[str | Path] = ()) -> Any:
     """The LightningModule of ``mimic-run <overrides>`` (via ``training.builders``)."""
     from mimic_runner.training.builders import build_module as _build
 
-    return _build(compose_config(overrides), shape)
+    return _build(compose_config(overrides, config_dirs), shape)
 
 
 def random_batch(batch_size: int, size: int, shape: DataShape = DEFAULT_SHAPE,
@@ -128,11 +151,11 @@ def make_step(model: str, backbone: str, device: torch.device | str = "cpu",
               ensemble_size: int | None = None, impl: str | None = None,
               batch_size: int = 32, size: int = 128, precision: str = "32-true",
               channels_last: bool = False, shape: DataShape = DEFAULT_SHAPE,
-              seed: int = 0) -> TrainStep:
+              seed: int = 0, config_dirs: Sequence[str | Path] = ()) -> TrainStep:
     """Build the module for ``model``/``backbone`` (seeded) and a matching batch on ``device``."""
     torch.manual_seed(seed)
     # channels_last: the modules' own option (NHWC weights); the batch stays NCHW as loaded.
-    module = build_module(model_overrides(model, backbone, ensemble_size, impl, channels_last),
-                          shape)
+    module = build_module(model_overrides(model, backbone, ensemble_size, impl, channels_last,
+                                          config_dirs), shape, config_dirs)
     batch = random_batch(batch_size, size, shape, device, seed)
     return TrainStep(module, batch, torch.device(device), precision, channels_last)

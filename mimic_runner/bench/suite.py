@@ -17,13 +17,14 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mimic_runner.bench import timing
 from mimic_runner.bench.env import device_name
-from mimic_runner.bench.steps import ENSEMBLES, make_step
+from mimic_runner.bench.steps import DEFAULT_MODELS, make_step, model_traits
 
 SECTIONS = ("steps", "gradcam", "data", "mfu")
 
@@ -33,8 +34,7 @@ class BenchOptions:
     """What to measure. Defaults: the issue's matrix at the default image and batch size."""
 
     devices: list[str] = field(default_factory=lambda: ["cpu"])
-    models: list[str] = field(default_factory=lambda: ["baseline", "improved_unet",
-                                                       "normal_ensemble", "expl_ensemble"])
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     backbones: list[str] = field(default_factory=lambda: ["small_cnn", "resnet18"])
     sizes: list[int] = field(default_factory=lambda: [5, 10])
     impls: list[str] = field(default_factory=lambda: ["loop", "wide", "vmap"])
@@ -52,6 +52,7 @@ class BenchOptions:
     data_overrides: list[str] = field(default_factory=list)  # Hydra overrides, e.g. data=...
     flops: bool = True
     log: Callable[[str], None] = print
+    config_dirs: list[Path] = field(default_factory=list)  # --config-dir: more model options
 
 
 def _variant(precision: str, channels_last: bool) -> str:
@@ -67,12 +68,13 @@ def _case_name(model: str, n: int | None, impl: str | None, precision: str,
 def _groups(opt: BenchOptions, device: str, backbone: str) -> list[list[dict[str, Any]]]:
     """Cases to time together: the non-ensembles, then the ensembles per N."""
     variants = [(p, cl) for p in opt.precisions for cl in opt.channels_last]
+    ensemble = {m: model_traits(m, opt.config_dirs).is_ensemble for m in opt.models}
     singles = [dict(model=m, n=None, impl=None, precision=p, channels_last=cl)
-               for m in opt.models if m not in ENSEMBLES for p, cl in variants]
+               for m in opt.models if not ensemble[m] for p, cl in variants]
     groups = [singles] if singles else []
     for n in opt.sizes:
         g = [dict(model=m, n=n, impl=i, precision=p, channels_last=cl)
-             for m in opt.models if m in ENSEMBLES for i in opt.impls for p, cl in variants]
+             for m in opt.models if ensemble[m] for i in opt.impls for p, cl in variants]
         if g:
             groups.append(g)
     return groups
@@ -90,7 +92,8 @@ def run_steps(opt: BenchOptions, device: str, backbone: str) -> tuple[list[dict]
                 steps[name] = make_step(c["model"], backbone, device, ensemble_size=c["n"],
                                         impl=c["impl"], batch_size=opt.batch_size,
                                         size=opt.image_size, precision=c["precision"],
-                                        channels_last=c["channels_last"])
+                                        channels_last=c["channels_last"],
+                                        config_dirs=opt.config_dirs)
                 c["name"] = name
             except NotImplementedError as exc:
                 opt.log(f"  skip {backbone} {name}: {exc}")
@@ -131,7 +134,8 @@ def _model_flops(c: dict[str, Any], backbone: str, device: str, opt: BenchOption
 
     step = make_step(c["model"], backbone, device, ensemble_size=c["n"],
                      impl="loop" if c["n"] else None, batch_size=opt.batch_size,
-                     size=opt.image_size, precision=c["precision"])
+                     size=opt.image_size, precision=c["precision"],
+                     config_dirs=opt.config_dirs)
     return count_flops(step)
 
 

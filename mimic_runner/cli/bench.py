@@ -58,13 +58,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="small_cnn only, N=5, 3 repeats: a fast check that everything runs")
     p.add_argument("--out", type=Path, help="write the result as JSON here")
+    p.add_argument("--config-dir", type=Path, action="append", default=[], dest="config_dirs",
+                   help="a config folder with more model options (as mimic-run --config-dir)")
     return p
 
 
 def options_from_args(args: argparse.Namespace, console: Console):  # type: ignore[no-untyped-def]
     """Translate the command line into :class:`mimic_runner.bench.suite.BenchOptions`."""
     from mimic_runner.bench.env import available_devices
-    from mimic_runner.bench.steps import MODELS, PRECISIONS
+    from mimic_runner.bench.steps import PRECISIONS, model_options
     from mimic_runner.bench.suite import BenchOptions
     from mimic_runner.errors import UserError
     from mimic_runner.models.ensemble import IMPLS
@@ -88,7 +90,9 @@ def options_from_args(args: argparse.Namespace, console: Console):  # type: igno
     opt.data_epochs = args.data_epochs if not args.quick else opt.data_epochs
     opt.flops = not args.no_flops
     opt.data_overrides = list(args.data_override)
-    for value, allowed, what in ((opt.models, MODELS, "model"), (opt.impls, IMPLS, "impl"),
+    opt.config_dirs = list(args.config_dirs)
+    models = model_options(opt.config_dirs)
+    for value, allowed, what in ((opt.models, models, "model"), (opt.impls, IMPLS, "impl"),
                                  (opt.precisions, PRECISIONS, "precision"),
                                  (opt.sections, SECTIONS, "section"),
                                  (opt.devices, ("cpu", "cuda"), "device")):

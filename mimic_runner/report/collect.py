@@ -7,6 +7,7 @@ A run is any folder with ``.hydra/config.yaml``: ``finished`` when it has ``metr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mimic_runner.paths import sweeps_dir
+from mimic_runner.errors import UserError
+from mimic_runner.paths import conf_dir, sweeps_dir
 from mimic_runner.rundir import RunDir, find_run_dirs
+from mimic_runner.traits import ModelTraits
 
 TABLES = ("table1", "table2")
 # Table 1's ensembles have ten sub-models; other sizes are labelled and not matched to it.
@@ -39,6 +42,13 @@ class Run:
     variant: str                     # its other overrides, e.g. "trainer=smoke" ("" = none)
     metrics: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     error: str | None = None
+    # What the model is (its saved ``model.traits``): display name and order in the report.
+    traits: ModelTraits = field(default_factory=ModelTraits, hash=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """The model's display name (its traits'), else its name."""
+        return self.traits.label(self.model)
 
 
 def _load_yaml(path: Path) -> DictConfig | ListConfig | None:
@@ -53,6 +63,43 @@ def _as_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _option_traits(folder: Path, name: str, depth: int = 0) -> dict[str, Any]:
+    """The ``traits`` node of ``<folder>/<name>.yaml`` over those of the options it extends
+    (its ``defaults`` list), as a plain dict."""
+    path = folder / f"{name}.yaml"
+    cfg = _load_yaml(path) if depth < 8 and path.is_file() else None
+    if not isinstance(cfg, DictConfig):
+        return {}
+    traits: dict[str, Any] = {}
+    for parent in cfg.get("defaults") or []:
+        if isinstance(parent, str) and parent != "_self_":
+            traits.update(_option_traits(folder, parent, depth + 1))
+    own = cfg.get("traits")
+    if isinstance(own, DictConfig):
+        traits.update(OmegaConf.to_container(own, resolve=False))
+    return traits
+
+
+@functools.lru_cache(maxsize=64)
+def shipped_traits(model: str) -> ModelTraits:
+    """The traits of a shipped model option, for runs saved before configs had traits (the
+    defaults for a model the shipped ``conf/model/`` does not have)."""
+    try:
+        return ModelTraits.of(_option_traits(Path(conf_dir()) / "model", model))
+    except UserError:
+        return ModelTraits()
+
+
+def run_traits(node: Any, model: str) -> ModelTraits:
+    """A run's traits from its saved ``model.traits`` (the shipped option's without one)."""
+    if isinstance(node, DictConfig):
+        try:
+            return ModelTraits.of(node)
+        except UserError:
+            pass
+    return shipped_traits(model)
 
 
 def variant_of(overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> str:
@@ -106,7 +153,8 @@ def read_run(run_dir: Path) -> Run:
     return Run(path=run_dir, status=status, sweep=str(sweep) if sweep else None,
                model=str(model), seed=seed, ensemble_size=size,
                variant=variant_of(items, exclude), metrics=m,
-               error=(failed or {}).get("error") if status == "failed" else None)
+               error=(failed or {}).get("error") if status == "failed" else None,
+               traits=run_traits(select("model.traits"), str(model)))
 
 
 def collect_runs(root: Path) -> list[Run]:

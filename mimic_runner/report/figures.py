@@ -16,7 +16,7 @@ from mimic_runner.data.schema import read_dataset
 from mimic_runner.errors import UserError
 from mimic_runner.plotting import HEAT_CMAP, display_image, new_figure, overlay, save_png
 from mimic_runner.report.collect import PAPER_ENSEMBLE_SIZE, Run
-from mimic_runner.report.tables import MODEL_LABELS, PaperValues
+from mimic_runner.report.tables import PaperValues, model_order
 from mimic_runner.rundir import RunDir
 
 
@@ -73,26 +73,26 @@ def _boxes(ax, data: list[list[float]], pos: np.ndarray, width: float, color: st
 
 # -- Figure 2: test samples, gaze and the models' Grad-CAM --------------------------------------
 
-FIG2_MODELS = ("baseline", "improved_unet", "expl_ensemble")
-
-
-def pick_runs_for_samples(runs: Sequence[Run], models: Sequence[str] = FIG2_MODELS
+def pick_runs_for_samples(runs: Sequence[Run], models: Sequence[str] | None = None
                           ) -> dict[str, Run]:
-    """One finished run with ``explanations.h5`` per model, all of one seed when possible.
+    """One finished run with ``explanations.h5`` per model (``models``, or every model whose
+    traits put it in the sample figure), all of one seed when possible, in report order.
 
     Table 1's ensembles (the paper's size) are preferred to other sizes.
     """
-    usable = [r for r in runs if r.status == "finished" and r.model in models
+    usable = [r for r in runs if r.status == "finished"
+              and (r.model in models if models is not None else r.traits.sample_figure)
               and RunDir(r.path).explanations.exists()]
-    usable.sort(key=lambda r: (r.model in ("normal_ensemble", "expl_ensemble")
-                               and r.ensemble_size != PAPER_ENSEMBLE_SIZE, str(r.path)))
+    usable.sort(key=lambda r: (r.traits.is_ensemble and r.ensemble_size != PAPER_ENSEMBLE_SIZE,
+                               str(r.path)))
     by_model: dict[str, list[Run]] = {}
     for r in usable:
         by_model.setdefault(r.model, []).append(r)
     seed_sets = [{r.seed for r in v} for v in by_model.values()]
     common = sorted(set.intersection(*seed_sets), key=str) if seed_sets else []
     picked = {}
-    for model, candidates in by_model.items():
+    for model in model_order(usable):
+        candidates = by_model[model]
         same_seed = [r for r in candidates if common and r.seed == common[0]]
         picked[model] = (same_seed or candidates)[0]
     return picked
@@ -115,8 +115,8 @@ def figure_samples(runs: Sequence[Run], out: Path, n_samples: int = 5, seed: int
     """
     picked = pick_runs_for_samples(runs)
     if not picked:
-        raise FigureSkipped("no finished baseline / improved_unet / expl_ensemble run with "
-                            "explanations.h5")
+        raise FigureSkipped("no finished run of a model shown in Figure 2 (traits: "
+                            "sample_figure) with explanations.h5")
     expl = {m: _read_explanations(r) for m, r in picked.items()}
     common = sorted(set.intersection(*(set(e[0]) for e in expl.values())))
     if not common:
@@ -137,7 +137,7 @@ def figure_samples(runs: Sequence[Run], out: Path, n_samples: int = 5, seed: int
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(common), size=min(n_samples, len(common)), replace=False))
     sample_ids = [common[k] for k in chosen]
-    models = [m for m in FIG2_MODELS if m in picked]
+    models = list(picked)
     ncols = 1 + len(models)
     fig = new_figure(2.3 * ncols, 2.4 * len(sample_ids))
     axes = np.asarray(fig.subplots(len(sample_ids), ncols, squeeze=False))
@@ -159,12 +159,8 @@ def figure_samples(runs: Sequence[Run], out: Path, n_samples: int = 5, seed: int
             axes[i, j].set_xlabel(f"pred: {classes[pred] if classes else pred}", fontsize=7)
             if i == 0:
                 r = picked[m]
-                axes[i, j].set_title(f"{MODEL_LABELS.get(m, m)}\n(seed {r.seed})", fontsize=9)
-    missing = [MODEL_LABELS[m] for m in FIG2_MODELS if m not in picked]
-    title = "Figure 2: test samples, human gaze and Grad-CAM"
-    if missing:
-        title += f" (no run of {', '.join(missing)})"
-    fig.suptitle(title, fontsize=10)
+                axes[i, j].set_title(f"{r.label}\n(seed {r.seed})", fontsize=9)
+    fig.suptitle("Figure 2: test samples, human gaze and Grad-CAM", fontsize=10)
     return save_png(fig, out)
 
 

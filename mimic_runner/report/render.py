@@ -12,11 +12,11 @@ from typing import Any
 from mimic_runner.report.tables import (
     CLAIM,
     CONFIDENCE,
-    MODEL_LABELS,
     Group,
     PairedTest,
     ResultTable,
     Summary,
+    model_label,
 )
 
 # -- rendering --------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def stats_matrix(table: ResultTable, diagnostics: bool = False
     header += [f"Δ vs {ref}", "pairs", "t", "p"]
     claim = table.kind == "table1"
     if claim:
-        header += [f"Δ vs {MODEL_LABELS[CLAIM[1]]}", "pairs ", "t ", "p "]
+        header += [f"Δ vs {model_label(CLAIM[1], table.labels)}", "pairs ", "t ", "p "]
     out = []
     for g in (table.diagnostics if diagnostics else table.stats):
         d = g.metric.digits

@@ -18,11 +18,8 @@ import numpy as np
 from scipy import stats
 
 from mimic_runner.errors import UserError
-from mimic_runner.report.collect import Run, grid_key, sweep_params
+from mimic_runner.report.collect import Run, grid_key, shipped_traits, sweep_params
 
-MODEL_ORDER = ("baseline", "improved_unet", "normal_ensemble", "expl_ensemble")
-MODEL_LABELS = {"baseline": "Baseline", "improved_unet": "Improved UNet",
-                "normal_ensemble": "Normal Ensemble", "expl_ensemble": "Expl. Ensemble"}
 CONFIDENCE = 0.95
 
 Group = str | int   # a model name (Table 1) or an ensemble size (Table 2)
@@ -189,6 +186,7 @@ class ResultTable:
     notes: list[str] = field(default_factory=list)
     references: list[ReferenceRow] = field(default_factory=list)
     diagnostics: list[GroupStats] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # model name -> display name
 
     @property
     def title(self) -> str:
@@ -201,11 +199,27 @@ def group_of(run: Run, kind: str) -> Group:
     return grid_key(run, kind)[0]
 
 
-def group_label(group: Group, kind: str) -> str:
+def model_labels(runs: Sequence[Run]) -> dict[str, str]:
+    """Model name -> display name (the runs' traits)."""
+    return {r.model: r.label for r in runs}
+
+
+def model_label(model: str, labels: Mapping[str, str]) -> str:
+    """A model's display name: from its runs' traits, else the shipped option's, else its name."""
+    return labels.get(model) or shipped_traits(model).label(model)
+
+
+def model_order(runs: Sequence[Run]) -> list[str]:
+    """The models of ``runs`` in their traits' report order (unordered ones last, by name)."""
+    order: dict[str, float | None] = {r.model: r.traits.report_order for r in runs}
+    return sorted(order, key=lambda m: (order[m] is None, order[m] or 0, m))
+
+
+def group_label(group: Group, kind: str, labels: Mapping[str, str] | None = None) -> str:
     if kind == "table2":
         return str(group)
     model, _, size = str(group).partition("@")
-    label = MODEL_LABELS.get(model, model)
+    label = model_label(model, labels or {})
     return f"{label} (N={size})" if size else label
 
 
@@ -216,13 +230,14 @@ def paper_group(group: Group, kind: str) -> Group | None:
     return None if "@" in str(group) else group
 
 
-def _order(kind: str) -> tuple[list[Group], list[int]]:
-    """Group and seed order: the sweep definition's (the paper's), then anything else."""
+def _order(kind: str, runs: Sequence[Run]) -> tuple[list[Group], list[int]]:
+    """Group and seed order: Table 2's sizes and the seeds as the sweep definition (the
+    paper's) lists them, Table 1's models by their traits' report order; then anything else."""
     params = sweep_params(kind)
     seeds = [int(s) for s in params.get("seed", [])]
     if kind == "table2":
         return [int(s) for s in params.get("model.ensemble_size", [])], seeds
-    return list(MODEL_ORDER), seeds
+    return list(model_order(runs)), seeds
 
 
 def _sort_key(order: Sequence[Any], value: Any) -> tuple[int, str]:
@@ -241,7 +256,8 @@ def build_tables(runs: Sequence[Run], kind: str, paper: PaperValues | None = Non
     published summary beside each group's.
     """
     metrics = TABLE_METRICS[kind]
-    group_order, seed_order = _order(kind)
+    group_order, seed_order = _order(kind, runs)
+    labels = model_labels(runs)
     variants = sorted({r.variant for r in runs})
     tables = []
     for variant in variants:
@@ -263,22 +279,22 @@ def build_tables(runs: Sequence[Run], kind: str, paper: PaperValues | None = Non
             if paper is not None:
                 published = paper.get((pg, run.seed), {}) if pg is not None else {}
                 pvals = {m.key: published.get(m.key) for m in metrics}
-            rows.append(Row(group=group, label=group_label(group, kind), seed=run.seed,
+            rows.append(Row(group=group, label=group_label(group, kind, labels), seed=run.seed,
                             status=run.status, values=values, paper=pvals, path=run.path))
         rows.sort(key=lambda r: (_sort_key(group_order, r.group),
                                  _sort_key(seed_order, r.seed)))
-        stats_, reference = _group_stats(rows, kind, metrics, paper)
+        stats_, reference = _group_stats(rows, kind, metrics, paper, labels)
         finished = [r for r in chosen if r.status == "finished"]
         diag_rows = [Row(group=r.group, label=r.label, seed=r.seed, status=r.status,
                          values={m.key: _value(run.metrics, m) for m in DIAGNOSTICS},
                          paper=None, path=r.path)
                      for r in rows for run in finished if run.path == r.path]
-        diagnostics, _ = _group_stats(diag_rows, kind, DIAGNOSTICS, None)
+        diagnostics, _ = _group_stats(diag_rows, kind, DIAGNOSTICS, None, labels)
         tables.append(ResultTable(kind=kind, variant=variant, metrics=metrics, rows=rows,
                                   stats=stats_, reference=reference,
                                   compare=paper is not None, notes=notes,
                                   references=reference_rows(finished, metrics),
-                                  diagnostics=diagnostics))
+                                  diagnostics=diagnostics, labels=labels))
     return tables
 
 
@@ -307,7 +323,8 @@ def _value(metrics: Mapping[str, Any], m: Metric) -> float | None:
 
 
 def _group_stats(rows: Sequence[Row], kind: str, metrics: Sequence[Metric],
-                 paper: PaperValues | None) -> tuple[list[GroupStats], str | None]:
+                 paper: PaperValues | None, labels: Mapping[str, str]
+                 ) -> tuple[list[GroupStats], str | None]:
     groups: list[Group] = []
     for r in rows:
         if r.group not in groups:
@@ -341,10 +358,10 @@ def _group_stats(rows: Sequence[Row], kind: str, metrics: Sequence[Metric],
                 other = {r.seed: r.values[m.key] for r in rows
                          if str(r.group) == partner and r.seed is not None}
                 claim = paired_test(by_seed, other)
-            out.append(GroupStats(group=g, label=group_label(g, kind), metric=m,
+            out.append(GroupStats(group=g, label=group_label(g, kind, labels), metric=m,
                                   summary=summarize(by_seed.values()), test=test, paper=psum,
                                   claim=claim))
-    ref_label = group_label(reference, kind) if reference is not None else None
+    ref_label = group_label(reference, kind, labels) if reference is not None else None
     if kind == "table2" and ref_label is not None:
         ref_label = f"N={ref_label}"
     return out, ref_label

@@ -25,6 +25,7 @@ from mimic_runner.training.callbacks import (
     MemberCamSnapshot,
 )
 from mimic_runner.training.modules import ExplainedClassifier
+from mimic_runner.traits import ModelTraits
 
 # The config sections a model is rebuilt from (saved in every checkpoint).
 MODEL_SECTIONS = ("model", "backbone", "explain")
@@ -84,12 +85,13 @@ def backbone_factory(cfg: DictConfig) -> tuple[Any, int]:
 def default_channels_last(cfg: DictConfig) -> dict[str, bool]:
     """``model.channels_last`` when the config leaves it out: on for a backbone with
     ``cpu_channels_last: true`` (small_cnn) in a run on the CPU of a model measured there
-    (baseline, the ensembles with the loop strategy), where NHWC weights made steps 1.35-1.43x
-    faster; off elsewhere (NHWC slows the batched ``wide`` ensemble; the U-Net and GPUs are not
-    measured). ``++model.channels_last=true|false`` decides."""
+    (``model.traits.channels_last_default``: the baseline, the ensembles with the loop
+    strategy), where NHWC weights made steps 1.35-1.43x faster; off elsewhere (NHWC slows the
+    batched ``wide`` ensemble; the U-Net and GPUs are not measured).
+    ``++model.channels_last=true|false`` decides."""
     if "channels_last" in cfg.model or not cfg.backbone.get("cpu_channels_last", False):
         return {}
-    if str(cfg.model.get("name")) not in ("baseline", "normal_ensemble", "expl_ensemble"):
+    if not ModelTraits.of(cfg.model.get("traits")).channels_last_default:
         return {}
     if str(cfg.model.get("ensemble_impl", "auto")) not in ("auto", "loop"):
         return {}
@@ -129,7 +131,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ExplainedClassifier,
     rd = RunDir(run_dir)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     callbacks.append(ExplanationWriter(rd))
-    if module.ensemble_size > 1 and cfg.explain.member_cam_epochs:
+    if module.traits.is_ensemble and cfg.explain.member_cam_epochs:
         callbacks.append(MemberCamSnapshot(rd, epochs=list(cfg.explain.member_cam_epochs)))
     extra = {"devices": devices} if devices is not None else {}
     # Checkpoints go to a temporary name in their folder, then renamed (AtomicCheckpointIO).

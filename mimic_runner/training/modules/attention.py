@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from mimic_runner.models.attention_branch import AttentionBranchNet
 from mimic_runner.models.classifier import BackboneFactory
 from mimic_runner.models.output import ModelOutput
 from mimic_runner.training.modules.base import ExplainedClassifier
+from mimic_runner.traits import ModelTraits
 
 EXPLANATIONS = ("attention", "gradcam")
 
@@ -33,6 +34,8 @@ class AttentionBranchModule(ExplainedClassifier):
     ``explanation``: ``attention`` (default: the map M(x) the network multiplies its input
     with) or ``gradcam`` (Grad-CAM of the perception branch, like every other model).
     """
+
+    default_traits: ClassVar[ModelTraits] = ModelTraits(trains_explanation="attention")
 
     def __init__(self, *args: Any, explanation: str = "attention", attention_weight: float = 1.0,
                  apply_at: str | int = "input",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,6 +13,7 @@ from mimic_runner.models.classifier import BackboneFactory
 from mimic_runner.models.output import ModelOutput
 from mimic_runner.models.unet import UNetNet
 from mimic_runner.training.modules.base import ExplainedClassifier
+from mimic_runner.traits import ModelTraits
 
 
 class UNetModule(ExplainedClassifier):
@@ -22,15 +23,14 @@ class UNetModule(ExplainedClassifier):
     image, as in the EGD code) or ``kl`` (KL(gaze ‖ softmax of the logits over pixels)).
     """
 
+    default_traits: ClassVar[ModelTraits] = ModelTraits(trains_explanation="gaze", takes_gaze=True)
+
     def __init__(self, *args: Any, gamma: float = 0.41731, gaze_loss: str = "bce",
                  decoder_channels: tuple[int, ...] = (128, 64, 32, 16), **kwargs: Any) -> None:
         self.validate_config({"gaze_loss": gaze_loss,
                               "ensemble_size": kwargs.get("ensemble_size", 1)})
         self.decoder_channels = tuple(decoder_channels)
         super().__init__(*args, **kwargs)
-        if "gaze" not in kwargs.get("maps", ()):
-            raise UserError("model=improved_unet needs a 'gaze' map in the training data; this "
-                            "dataset has none (choose a dataset with human attention)")
         self.gamma = gamma
         self.gaze_loss = gaze_loss
 
