@@ -4,13 +4,20 @@ Status and warnings go through ``logging.getLogger(__name__)``; :class:`ConsoleH
 one handler that shows them on stderr (mimic-runner's INFO and everyone's WARNING), Hydra's
 job logging adds ``run.log`` (INFO) for ``mimic-run``. A command's *result* (a table, the path
 it wrote) is printed on :data:`stdout`; progress bars draw on :data:`console` (stderr).
+:func:`progress_bar` is the one progress bar; :func:`quiet_lightning` drops Lightning's
+console noise no user can act on.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # soft_wrap: status lines stay whole in logs (grep-able), whatever the width.
 console = Console(stderr=True, soft_wrap=True)
@@ -18,6 +25,24 @@ console = Console(stderr=True, soft_wrap=True)
 stdout = Console() if Console().is_terminal else Console(width=160)
 
 _OWN = "mimic_runner"
+
+
+def progress_bar(remaining: bool = False, disable: bool = False) -> Progress:
+    """The one progress bar: description, bar, done/total and the elapsed (``remaining``: the
+    estimated remaining) time, drawn on :data:`console` and removed when done. Use it as a
+    context manager; ``disable`` hides it (e.g. when stderr is no terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    clock = TimeRemainingColumn() if remaining else TimeElapsedColumn()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), clock,
+                    console=console, transient=True, disable=disable)
 
 
 class _OwnInfoOthersWarning(logging.Filter):
@@ -58,3 +83,30 @@ def setup_cli_logging(level: int = logging.INFO) -> None:
     if not any(isinstance(h, ConsoleHandler) for h in root.handlers):
         root.addHandler(ConsoleHandler())
     root.setLevel(min(root.level or logging.WARNING, level))
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning prints a cloud-logging advert on every Trainer; it is noise in a sweep log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence console noise no user can act on (library adverts and internal deprecations)."""
+    # rank_zero_info logs on this logger; a logger's filters see only its own records.
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+        logger.addFilter(_DropAdverts())
+    # Lightning prints its INFO lines through a handler of its own; once ours are set up
+    # (mimic-run's logging), they go to run.log through the root logger instead.
+    if any(isinstance(h, ConsoleHandler) for h in logging.getLogger().handlers):
+        lightning = logging.getLogger("lightning")
+        for h in list(lightning.handlers):
+            if type(h) is logging.StreamHandler:
+                lightning.removeHandler(h)
+    # On a machine with SLURM installed Lightning warns on every run that `srun` is not used;
+    # submitit launches our jobs itself (launcher=slurm), so the hint only misleads.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    # Lightning 2.6's own use of a deprecated torch pytree API, warned on every Trainer.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

@@ -99,7 +99,7 @@ def test_the_job_checks_the_checkpoint_before_touching_the_folder(trained: Path,
                                                                   compose) -> None:  # type: ignore[no-untyped-def]
     """The same check inside the job (a sweep's jobs skip the command-line one)."""
     from mimic_runner.rundir import RunDir
-    from mimic_runner.training.run import resume_checkpoint
+    from mimic_runner.training.resume import resume_checkpoint
 
     run = copy_run(trained, tmp_path)
     rd = RunDir(run)
@@ -115,13 +115,13 @@ def test_the_job_checks_the_checkpoint_before_touching_the_folder(trained: Path,
 
 def test_history_is_put_back_when_a_resumed_run_fails(tmp_path: Path) -> None:
     from mimic_runner.rundir import RunDir
-    from mimic_runner.training.run import _History
+    from mimic_runner.training.resume import RunHistory
 
     rd = RunDir(tmp_path)
     rd.csv_log.parent.mkdir()
     original = b"epoch,val/acc\r\n0,0.5\r\n1,0.6\r\n"
     rd.csv_log.write_bytes(original)
-    history = _History(rd)
+    history = RunHistory(rd)
     rd.csv_log.unlink()  # what Lightning's CSV logger does when it starts
     history.restore()
     assert rd.csv_log.read_bytes() == original

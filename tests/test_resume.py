@@ -83,7 +83,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path, model: list[str]
 
 
 def test_merge_epoch_logs_keeps_the_history_before_the_resumed_epoch() -> None:
-    from mimic_runner.training.run import merge_epoch_logs
+    from mimic_runner.training.resume import merge_epoch_logs
 
     earlier = [{"epoch": "0", "val/acc": "0.1"}, {"epoch": "1", "val/acc": "0.2"},
                {"epoch": "", "note": "no epoch"}]

@@ -4,22 +4,19 @@ stored in ``explanations.h5``, or maps recomputed with the trained model."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
 from mimic_runner.analysis.load import load_run, run_config
 from mimic_runner.analysis.options import ExplainOptions
 from mimic_runner.data.datamodule import HDF5DataModule
 from mimic_runner.errors import UserError
-from mimic_runner.log import console
+from mimic_runner.log import progress_bar
 from mimic_runner.rundir import RunDir
 from mimic_runner.training.builders import build_datamodule
 
@@ -164,13 +161,6 @@ def local_maps(run: OpenedRun, opts: ExplainOptions, device: torch.device) -> Lo
         return read_stored_maps(run, opts.max_images)
     rows = subset_indices(len(run.datamodule.splits[opts.split]), opts.max_images)
     return recompute_maps(run, opts.split, rows, opts.batch_size, device)
-
-
-@contextmanager
-def progress_bar() -> Iterator[Progress]:
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
-        yield progress
 
 
 def split_mean_image(dm: HDF5DataModule, split: str, rows: Tensor) -> Tensor:

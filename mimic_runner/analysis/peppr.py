@@ -19,7 +19,6 @@ from mimic_runner.analysis.maps import (
     check_stored_maps,
     local_maps,
     open_run,
-    progress_bar,
 )
 from mimic_runner.analysis.options import PepprOptions, resolve_device
 from mimic_runner.data.datamodule import HDF5DataModule
@@ -41,7 +40,7 @@ from mimic_runner.explain.peppr import (
     summarise_peppr,
 )
 from mimic_runner.io import atomic_path, write_json
-from mimic_runner.log import stdout
+from mimic_runner.log import progress_bar, stdout
 
 
 def make_fill(kind: str, images: Tensor, dm: HDF5DataModule, blur_sigma: float | None

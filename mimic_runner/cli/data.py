@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from rich.console import Console
 from rich.table import Table
 
 from mimic_runner.data.schema import SPLITS, validate_dataset
 from mimic_runner.errors import exit_on_user_error
+from mimic_runner.log import stdout as console
 
 
 def _info(args: argparse.Namespace) -> None:
     # deep: read every block once, so that a damaged chunk is reported here, not mid-training.
     info = validate_dataset(args.file, require_splits=(), deep=True)
-    console = Console()
     console.print(f"[bold]{info.path}[/bold]  schema v{info.attrs.get('schema_version')}  "
                   f"source={info.attrs.get('source', '')!s}  aligned={info.attrs.get('aligned')}")
     console.print(f"{info.n} images, {info.channels} channel(s), {info.height}x{info.width} px; "

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-
 from mimic_runner.data.prepare._common import PrepareResult
+from mimic_runner.log import stdout
 
 _EPILOG = "Then check the file with `mimic-data info OUT` and train with `mimic-run data=%s " \
           "data.path=OUT`."
@@ -26,9 +25,8 @@ def _common(p: argparse.ArgumentParser, size: int) -> None:
 
 
 def _report(result: PrepareResult) -> None:
-    console = Console(highlight=False, soft_wrap=True)
     for line in [*result.summary(), f"check it with: mimic-data info {result.path}"]:
-        console.print(line, markup=False)
+        stdout.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _mimic_egd(args: argparse.Namespace) -> None:

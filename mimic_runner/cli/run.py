@@ -16,15 +16,18 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
 
 from mimic_runner.config import check_argv, first_line, flags_first, register
 from mimic_runner.errors import UserError, exit_on_user_error, no_room, no_room_message
+from mimic_runner.log import stdout
 from mimic_runner.paths import conf_dir
 
 # The sweep summary (a Hydra callback in the launching process) writes its outcome here.
@@ -50,7 +53,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                 jobs_per_gpu=int(cfg.launcher.get("jobs_per_gpu") or 1))
         with resources as gpu:
             metrics = run_experiment(cfg, run_dir, multirun=multirun,
-                                     devices=None if gpu is None else [gpu])
+                                     devices=None if gpu is None else [gpu],
+                                     on_trained=print_summary)
     except UserError as exc:
         if multirun:  # checked before the run started: record it like any failed run
             from mimic_runner.training.run import record_failure
@@ -60,6 +64,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)  # SystemExit passes through Hydra's handler, which would print a trace
     return optimized_value(cfg, metrics)
+
+
+def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    """The run's test metrics as a table on stdout."""
+    table = Table(title=f"{metrics['model']} · seed {metrics['seed']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in sorted(k for k in metrics if k.startswith("test/")):
+        v = metrics[k]
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    table.add_row("train_seconds", f"{metrics['train_seconds']:.1f}")
+    stdout.print(table)
+    # On its own line: in the table's title it would be wrapped to the table's width.
+    stdout.print(f"run directory: {run_dir}", soft_wrap=True, highlight=False, markup=False)
 
 
 # Flags after which Hydra runs no job (it prints something and returns).

@@ -22,22 +22,32 @@ from mimic_runner.training.builders import DataShape, build_module
 from mimic_runner.training.modules import ExplainedClassifier
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict; one :class:`UserError` line when the file is not one."""
+class UnreadableCheckpoint(UserError):
+    """A file that is no readable Lightning checkpoint; ``reason`` says why in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict; one :class:`UnreadableCheckpoint` line when the file is not one.
+    ``mmap``: map the tensors instead of reading them (to look at the index only)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{p}: no such checkpoint file")
+        raise UnreadableCheckpoint(f"{p}: no such checkpoint file", "no such file")
     try:
         # Lightning checkpoints hold optimizer and loop states besides tensors, so the file is
         # unpickled in full: load only checkpoints you (or your colleagues) wrote.
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
             AttributeError, ModuleNotFoundError, OSError) as exc:
-        raise UserError(f"{p}: not a readable checkpoint ({type(exc).__name__}); pass a .ckpt "
-                        "file written by mimic-run") from None
+        reason = " ".join(str(exc).split())[:80] or type(exc).__name__
+        raise UnreadableCheckpoint(f"{p}: not a readable checkpoint ({type(exc).__name__}); "
+                                   "pass a .ckpt file written by mimic-run", reason) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"{p}: not a Lightning checkpoint (no state_dict); pass a .ckpt file "
-                        "written by mimic-run")
+        raise UnreadableCheckpoint(f"{p}: not a Lightning checkpoint (no state_dict); pass a "
+                                   ".ckpt file written by mimic-run", "not a Lightning checkpoint")
     return ckpt
 
 

@@ -8,25 +8,21 @@ exit status 2; in a sweep a failed run is recorded in ``failed.json`` and the ot
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
-import shutil
 import time
 import traceback
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from rich.table import Table
 
 from mimic_runner.errors import RunInUse, UserError, no_room, no_room_message
-from mimic_runner.io import atomic_path
-from mimic_runner.log import stdout
+from mimic_runner.log import quiet_lightning
 from mimic_runner.rundir import RunDir
+from mimic_runner.training.resume import RunHistory, resume_checkpoint, start_over, wants_resume
 from mimic_runner.training.tracking import log_results
 
 # torch and Lightning are imported where a run trains: the launching process (which only
@@ -43,42 +39,6 @@ def _scalar(v: Any) -> Any:
     return v
 
 
-def wants_resume(cfg: DictConfig) -> bool:
-    """``resume=true``, or a launcher whose jobs always resume (SLURM requeues a preempted job
-    with the same overrides, so its ``last.ckpt`` is this very run's)."""
-    return bool(cfg.get("resume")) or bool(OmegaConf.select(cfg, "launcher.resume",
-                                                            default=False))
-
-
-class _DropAdverts(logging.Filter):
-    """Lightning prints a cloud-logging advert on every Trainer; it is noise in a sweep log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-def _quiet_lightning() -> None:
-    """Silence console noise no user can act on (library adverts and internal deprecations)."""
-    # rank_zero_info logs on this logger; a logger's filters see only its own records.
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropAdverts) for f in logger.filters):
-        logger.addFilter(_DropAdverts())
-    # Lightning prints its INFO lines through a handler of its own; once ours are set up
-    # (mimic-run's logging), they go to run.log through the root logger instead.
-    from mimic_runner.log import ConsoleHandler
-
-    if any(isinstance(h, ConsoleHandler) for h in logging.getLogger().handlers):
-        lightning = logging.getLogger("lightning")
-        for h in list(lightning.handlers):
-            if type(h) is logging.StreamHandler:
-                lightning.removeHandler(h)
-    # On a machine with SLURM installed Lightning warns on every run that `srun` is not used;
-    # submitit launches our jobs itself (launcher=slurm), so the hint only misleads.
-    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
-    # Lightning 2.6's own use of a deprecated torch pytree API, warned on every Trainer.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
 def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = None
                    ) -> dict[str, Any]:
     """Fit and test one model in ``run_dir``; write and return ``metrics.json``'s content.
@@ -89,7 +49,7 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
     """
     import lightning as L
 
-    _quiet_lightning()
+    quiet_lightning()
 
     from mimic_runner.training.builders import (
         build_datamodule,
@@ -115,7 +75,7 @@ def train_and_test(cfg: DictConfig, run_dir: Path, devices: list[int] | None = N
         start_over(rd)
     # Lightning's CSV logger deletes an existing metrics.csv when it starts; a resumed run
     # merges its history back, even when it fails or is interrupted.
-    history = _History(rd) if ckpt_path is not None else None
+    history = RunHistory(rd) if ckpt_path is not None else None
 
     try:
         metrics = _fit_and_test(cfg, rd, dm, module, trainer, ckpt_path)
@@ -209,96 +169,6 @@ def check_run_folder(cfg: DictConfig, multirun: bool) -> None:
         resume_checkpoint(cfg, rd)
 
 
-def resume_checkpoint(cfg: DictConfig, rd: RunDir) -> str | None:
-    """The ``last.ckpt`` a ``resume=true`` run continues from (None: train from scratch).
-
-    An unreadable one is a :class:`UserError` raised before anything in the folder changes."""
-    if not (wants_resume(cfg) and rd.last_checkpoint.exists()):
-        return None
-    check_resumable(rd)
-    return str(rd.last_checkpoint)
-
-
-def check_resumable(rd: RunDir) -> None:
-    """Raise one line naming ``last.ckpt`` and what to do when it cannot be resumed from.
-
-    Reads the whole file (every zip member's CRC) and unpickles its index, much cheaper than
-    restoring it, so that a truncated or damaged file is refused before Lightning's loggers and
-    the clean-up of a fresh start have touched the run."""
-    import pickle
-    import zipfile
-
-    import torch
-
-    path = rd.last_checkpoint
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-        if bad is not None:
-            raise ValueError(f"damaged member {bad}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
-            raise ValueError("not a Lightning checkpoint")
-    except (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile,
-            pickle.UnpicklingError, AttributeError, ModuleNotFoundError) as exc:
-        reason = " ".join(str(exc).split())[:80] or type(exc).__name__
-        best = _readable_checkpoints(rd)
-        fix = (f"resume from the best checkpoint instead (cp '{best}' '{path}', then rerun "
-               "with resume=true), or start over" if best else "start over")
-        raise UserError(f"{path}: cannot resume, the checkpoint is unreadable ({reason}); "
-                        f"{fix} by rerunning without resume=true (this replaces the run's "
-                        "checkpoints); nothing in the run folder was changed") from None
-
-
-def _readable_checkpoints(rd: RunDir) -> str | None:
-    """The newest epoch checkpoint of the folder that opens as a zip archive, or None."""
-    import zipfile
-
-    for cand in sorted(rd.checkpoints.glob("epoch*.ckpt"), reverse=True):
-        try:
-            with zipfile.ZipFile(cand) as z:
-                if z.testzip() is None:
-                    return str(cand)
-        except (OSError, zipfile.BadZipFile, ValueError):
-            continue
-    return None
-
-
-def start_over(rd: RunDir) -> None:
-    """Remove what an earlier run in this folder left for a fresh start: its checkpoints (a
-    later resume must not pick them up) and its explanation files."""
-    if rd.checkpoints.exists():
-        if rd.last_checkpoint.exists():
-            log.warning("%s: an earlier run left %s; starting over (pass resume=true to "
-                        "continue it instead)", rd.path, rd.last_checkpoint.name)
-        shutil.rmtree(rd.checkpoints)
-    rd.explanations.unlink(missing_ok=True)
-    rd.member_cams.unlink(missing_ok=True)
-
-
-class _History:
-    """A resumed run's ``csv/metrics.csv`` as it was, put back when the run ends: the rows
-    before the epoch the run resumed at, then the new ones (or the original bytes when the run
-    logged nothing new)."""
-
-    def __init__(self, rd: RunDir) -> None:
-        self.path = rd.csv_log
-        self.raw = self.path.read_bytes() if self.path.is_file() else None
-        self.rows = read_csv_rows(self.path)
-
-    def restore(self) -> None:
-        if self.raw is None:
-            return
-        if self.path.is_file() and self.path.read_bytes() == self.raw:
-            return  # no logger rewrote it (logger=none, or a failure before it started)
-        new = read_csv_rows(self.path)
-        if not new:
-            with atomic_path(self.path) as tmp:
-                tmp.write_bytes(self.raw)
-            return
-        write_csv_rows(self.path, merge_epoch_logs(self.rows, new))
-
-
 @contextlib.contextmanager
 def _interrupts(trainer: Any) -> Iterator[None]:
     """Ctrl+C inside ``trainer.fit/validate/test``: Lightning shuts down gracefully and then
@@ -328,9 +198,9 @@ def checkpoint_epoch(path: str | None) -> int | None:
     """The (0-based) epoch a checkpoint was saved after."""
     if not path:
         return None
-    import torch
+    from mimic_runner.training.checkpoint import read_checkpoint
 
-    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+    return int(read_checkpoint(path, mmap=True)["epoch"])
 
 
 def evaluate(trainer: Any, module: Any, dm: Any, ckpt: str | None, split: str
@@ -359,58 +229,12 @@ def val_objective(metrics: dict[str, Any], acc_floor: float) -> float:
     return float(nss) - 10.0 * max(0.0, acc_floor - float(acc))
 
 
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_csv_rows(path: Path, rows: list[dict[str, str]]) -> None:
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _epoch(row: dict[str, str]) -> float | None:
-    try:
-        e = float(row.get("epoch") or "nan")
-    except ValueError:
-        return None
-    return e if math.isfinite(e) else None
-
-
-def merge_epoch_logs(earlier: list[dict[str, str]], resumed: list[dict[str, str]]
-                     ) -> list[dict[str, str]]:
-    """A killed run's per-epoch rows before the epoch the resumed run starts at, then the
-    resumed run's rows (rows of the epoch the kill interrupted are dropped). Rows the logger
-    had not flushed yet (it writes every ``flush_logs_every_n_steps``) died with the run."""
-    start = min((e for e in map(_epoch, resumed) if e is not None), default=math.inf)
-    kept = [r for r in earlier if (e := _epoch(r)) is not None and e < start]
-    return kept + resumed
-
-
-def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
-    """The run's test metrics as a table on stdout."""
-    table = Table(title=f"{metrics['model']} · seed {metrics['seed']}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in sorted(k for k in metrics if k.startswith("test/")):
-        v = metrics[k]
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    table.add_row("train_seconds", f"{metrics['train_seconds']:.1f}")
-    stdout.print(table)
-    # On its own line: in the table's title it would be wrapped to the table's width.
-    stdout.print(f"run directory: {run_dir}", soft_wrap=True, highlight=False, markup=False)
-
-
 def run_experiment(cfg: DictConfig, run_dir: Path, multirun: bool,
-                   devices: list[int] | None = None) -> dict[str, Any] | None:
-    """Skip a finished run, train otherwise; return its metrics.
+                   devices: list[int] | None = None,
+                   on_trained: Callable[[dict[str, Any], Path], None] | None = None
+                   ) -> dict[str, Any] | None:
+    """Skip a finished run, train otherwise; return its metrics (``on_trained`` gets them
+    and the folder of a run it trained: the CLI prints them).
 
     A single run raises what went wrong. In a sweep (``multirun``) a failure is recorded in
     the run's ``failed.json`` and None is returned, so that the other runs go on.
@@ -446,7 +270,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, multirun: bool,
                 raise
             record_failure(run_dir, exc, cfg)
             return None
-    print_summary(metrics, run_dir)
+    if on_trained is not None:
+        on_trained(metrics, run_dir)
     return metrics
 
 

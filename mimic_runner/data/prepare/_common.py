@@ -87,20 +87,10 @@ def split_counts(split: np.ndarray) -> dict[str, int]:
 def track(items: Iterable[T], total: int, description: str,
           enabled: bool | None = None) -> Iterator[T]:
     """Iterate with a rich progress bar on stderr (only on a terminal unless ``enabled``)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from mimic_runner.log import console, progress_bar
 
-    console = Console(stderr=True)
     show = console.is_terminal if enabled is None else enabled
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, disable=not show,
-                  transient=True) as progress:
+    with progress_bar(remaining=True, disable=not show) as progress:
         task = progress.add_task(description, total=total)
         for item in items:
             yield item
