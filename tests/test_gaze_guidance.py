@@ -123,7 +123,7 @@ def test_guided_expl_ensemble_shares_one_set_of_member_maps(compose, monkeypatch
     calls = []
     original = module.member_training_maps
     monkeypatch.setattr(module, "member_training_maps",
-                        lambda out, t: calls.append(1) or original(out, t))
+                        lambda out, t, d=False: calls.append(1) or original(out, t, d))
     batch = _batch()
     _, logs = module.training_loss(module(batch["image"]), batch)
     assert "guidance" in logs and "consistency" in logs and len(calls) == 1

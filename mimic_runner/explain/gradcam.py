@@ -104,6 +104,7 @@ def grad_cam(
     size: Size | None = None,
     create_graph: bool = False,
     normalize: bool = True,
+    detach_weights: bool = False,
 ) -> Tensor:
     """Grad-CAM maps of ``targets`` computed from a forward pass.
 
@@ -126,6 +127,10 @@ def grad_cam(
             If False the map is detached (no graph is left behind) and no ``.grad`` is touched.
         normalize: per-image min-max scaling to [0, 1] as pytorch-grad-cam (see module doc);
             if False the ReLU map is only resized.
+        detach_weights: with ``create_graph``, treat the channel weights (the spatial means of
+            the gradients) as constants: the map stays differentiable through ``features`` but
+            not through the gradients themselves (no second-order path into the classifier
+            head, and no double backward). The values are the same either way.
 
     Returns:
         (*, H, W) maps in the dtype of ``features``. A map whose ReLU is zero everywhere is
@@ -152,7 +157,8 @@ def grad_cam(
     # because sample i's logit does not depend on other samples' features (no batch coupling:
     # BatchNorm must be in eval mode or placed before ``features``).
     (grads,) = torch.autograd.grad(
-        score, features, retain_graph=True, create_graph=create_graph, allow_unused=True
+        score, features, retain_graph=True, create_graph=create_graph and not detach_weights,
+        allow_unused=True
     )
     if grads is None:
         raise ValueError(

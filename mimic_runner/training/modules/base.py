@@ -40,6 +40,7 @@ class GuidanceSettings:
     distance: str = "kl"
     warmup_epochs: float = 0.0
     target: str = "label"
+    through_weights: bool = True
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> GuidanceSettings:
@@ -52,7 +53,7 @@ class GuidanceSettings:
         unknown = sorted(set(cfg) - {f.name for f in fields(cls)})
         if unknown:
             raise UserError(f"model.gaze_guidance.{unknown[0]}: no such key; use weight, "
-                            "distance, warmup_epochs or target")
+                            "distance, warmup_epochs, target or through_weights")
         s = cls(**dict(cfg))
         for key in ("weight", "warmup_epochs"):
             v = getattr(s, key)
@@ -62,6 +63,9 @@ class GuidanceSettings:
         if s.distance not in GUIDANCE_DISTANCES:
             raise UserError(f"model.gaze_guidance.distance='{s.distance}': choose one of "
                             f"{', '.join(GUIDANCE_DISTANCES)}")
+        if not isinstance(s.through_weights, bool):
+            raise UserError(f"model.gaze_guidance.through_weights={s.through_weights!r}: use "
+                            "true or false")
         if s.target not in GUIDANCE_TARGETS:
             raise UserError(f"model.gaze_guidance.target='{s.target}': choose one of "
                             f"{', '.join(GUIDANCE_TARGETS)}")
@@ -106,7 +110,7 @@ class ExplainedClassifier(L.LightningModule):
         super().__init__()
         self.guidance = GuidanceSettings.from_config(gaze_guidance)
         # The training Grad-CAMs of one step, shared by its terms (None outside a step).
-        self._step_maps: dict[str, Tensor] | None = None
+        self._step_maps: dict[tuple[str, bool], Tensor] | None = None
         if explain_target not in ("pred", "label"):
             raise UserError(f"explain.target='{explain_target}': use pred or label")
         self.traits = self.traits_of({"traits": traits})
@@ -178,23 +182,26 @@ class ExplainedClassifier(L.LightningModule):
         """The model's explanation of ``targets``: (B, H, W) maps in [0, 1]."""
         return grad_cam(out.logits, out.features, targets, size=size, create_graph=create_graph)
 
-    def training_maps(self, out: ModelOutput, batch: dict[str, Tensor], target: str = "label"
-                      ) -> Tensor:
+    def training_maps(self, out: ModelOutput, batch: dict[str, Tensor], target: str = "label",
+                      detach_weights: bool = False) -> Tensor:
         """Differentiable Grad-CAMs of the ``label`` or ``pred`` class at the explained layer's
         grid (no upsampling), for training terms: (B, h, w), or (N, B, h, w) for ensembles.
-        Computed once per training step, however many terms use them."""
-        memo = self._step_maps
-        if memo is None or target not in memo:
+        Computed once per training step, however many terms use them. ``detach_weights``:
+        differentiable through the feature maps only (see :func:`grad_cam`)."""
+        memo, key = self._step_maps, (target, detach_weights)
+        if memo is None or key not in memo:
             targets = batch["label"] if target == "label" else out.logits.argmax(-1)
-            maps = self.member_training_maps(out, targets)
+            maps = self.member_training_maps(out, targets, detach_weights)
             if memo is None:  # called outside training_loss: nothing to share
                 return maps
-            memo[target] = maps
-        return memo[target]
+            memo[key] = maps
+        return memo[key]
 
-    def member_training_maps(self, out: ModelOutput, targets: Tensor) -> Tensor:
+    def member_training_maps(self, out: ModelOutput, targets: Tensor,
+                             detach_weights: bool = False) -> Tensor:
         """The maps of :meth:`training_maps`; ensembles return every member's."""
-        return grad_cam(out.logits, out.features, targets, size=None, create_graph=True)
+        return grad_cam(out.logits, out.features, targets, size=None, create_graph=True,
+                        detach_weights=detach_weights)
 
     def guidance_active(self) -> bool:
         """The gaze-guidance term is on: a positive weight, after its warm-up."""
@@ -223,8 +230,9 @@ class ExplainedClassifier(L.LightningModule):
         try:
             loss, extras = self.loss(out, batch)
             if self.guidance_active():
-                term = gaze_guidance(self.training_maps(out, batch, self.guidance.target),
-                                     batch["gaze"], self.guidance.distance)
+                maps = self.training_maps(out, batch, self.guidance.target,
+                                          detach_weights=not self.guidance.through_weights)
+                term = gaze_guidance(maps, batch["gaze"], self.guidance.distance)
                 loss = loss + self.guidance.weight * term
                 extras["guidance"] = term.detach()
         finally:

@@ -116,9 +116,13 @@ class EnsembleModule(ExplainedClassifier):
                 create_graph: bool = False) -> Tensor:
         return self.member_maps(out, targets, size, create_graph).mean(dim=0)
 
-    def member_training_maps(self, out: ModelOutput, targets: Tensor) -> Tensor:
+    def member_training_maps(self, out: ModelOutput, targets: Tensor,
+                             detach_weights: bool = False) -> Tensor:
         # Every member's map at the feature resolution: training terms need no upsampling.
-        return self.member_maps(out, targets, size=None, create_graph=True)
+        assert out.member_logits is not None
+        t = targets.unsqueeze(0).expand(out.member_logits.shape[:2])
+        return grad_cam(out.member_logits, out.features, t, size=None, create_graph=True,
+                        detach_weights=detach_weights)
 
     def explain_with_members(self, out: ModelOutput, targets: Tensor, size: tuple[int, int]
                              ) -> tuple[Tensor, Tensor | None]:
