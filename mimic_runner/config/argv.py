@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mimic_runner.config.compose import compose
+from mimic_runner.config.limits import REQUIRED_SECTIONS, check_machine
 from mimic_runner.config.validate import (
     check_local_launcher,
     check_optimized_metric,
@@ -90,9 +91,12 @@ def check_group_options(argv: Sequence[str]) -> None:
     ``null`` are left to Hydra."""
     dirs = config_dirs(argv)
     for arg in argv:
+        if arg.startswith("~") and "=" not in arg:
+            check_not_removed(arg, arg[1:], "", dirs)
         if arg.startswith("-") or "=" not in arg:
             continue
         group, value = arg.lstrip("+~").split("=", 1)
+        check_not_removed(arg, group, value, dirs)
         if "/" in group or "." in group or any(c in value for c in "()[]{}$"):
             continue
         options = group_options(group, dirs)
@@ -104,10 +108,31 @@ def check_group_options(argv: Sequence[str]) -> None:
                                 f"choose one of {', '.join(sorted(options))}")
 
 
+def check_not_removed(arg: str, group: str, value: str, dirs: Sequence[Path]) -> None:
+    """``~model``, ``model=null``: a run cannot do without the groups of
+    :data:`~mimic_runner.config.limits.REQUIRED_SECTIONS` (Hydra would fail later, with a
+    traceback)."""
+    if group not in REQUIRED_SECTIONS:
+        return
+    if arg.startswith("~") or "null" in value.split(","):
+        options = ", ".join(sorted(group_options(group, dirs)))
+        raise UserError(f"{arg}: every run needs a {group}; choose one of {options} instead "
+                        "of removing it")
+
+
+def check_config_dirs(argv: Sequence[str]) -> None:
+    """Every ``--config-dir`` names a folder (Hydra warns, then fails, in two messages)."""
+    for d in config_dirs(argv)[1:]:
+        if not d.is_dir():
+            raise UserError(f"--config-dir {d}: no such folder; give the folder that holds "
+                            "your extra config groups (e.g. my_conf/ with model/mine.yaml)")
+
+
 def check_argv(argv: Sequence[str]) -> DictConfig:
     """Every check of a ``mimic-run`` command line before Hydra starts: launcher plugins,
     config-group options, then the composed config itself (:func:`preflight`), which is
     returned (with its ``hydra`` node: the run folder and the mode)."""
+    check_config_dirs(argv)
     check_launcher_plugin(argv)
     check_group_options(argv)
     return preflight(argv)
@@ -160,9 +185,14 @@ def first_job_overrides(overrides: Sequence[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    for item in overrides:  # Python refuses to read more than 4,300 digits, with a traceback
+        digits = max((len(m) for m in re.findall(r"\d+", item)), default=0)
+        if digits > 1000:
+            raise UserError(f"{item.split('=', 1)[0]}: a number with {digits:,} digits is far "
+                            "beyond any setting's range; use a smaller number")
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as exc:
+    except (HydraException, ValueError) as exc:
         raise UserError(f"{first_line(exc)}; check the override's syntax") from None
     first = []
     for o in parsed:
@@ -186,9 +216,10 @@ def preflight(argv: Sequence[str]) -> DictConfig:
     first = first_job_overrides(command_overrides(argv))
     try:
         cfg = compose(first, return_hydra_config=True, config_dirs=config_dirs(argv)[1:])
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise UserError(_composition_error(exc)) from None
     validate(cfg)
+    check_machine(cfg)
     check_trackers(cfg)
     check_local_launcher(cfg)
     if "-m" in argv or "--multirun" in argv:

@@ -13,10 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mimic_runner.config.limits import SEED_MAX, check_limits
 from mimic_runner.config.resources import local_n_jobs
 from mimic_runner.errors import UserError
 
-SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
 # logger factory (conf/logger/*.yaml `_target_` ends with it) -> (option, package)
 TRACKER_PACKAGES = {"mlflow_logger": ("mlflow", "mlflow"), "wandb_logger": ("wandb", "wandb")}
 # The values every run records without explain.val_explanations (a sweeper may optimise them).
@@ -58,6 +58,7 @@ def check_section(cfg: DictConfig, section: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Refuse values that would fail later (or silently do nothing), in one line each."""
+    check_limits(cfg)  # sections present, interpolations, numbers, paths, memory
     seed = OmegaConf.select(cfg, "seed", default=None)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise UserError(f"seed={seed}: use an integer from 0 to {SEED_MAX}")
