@@ -115,7 +115,7 @@ def test_config_builds_the_module(compose) -> None:  # type: ignore[no-untyped-d
 @pytest.mark.slow
 def test_mimic_run_attention_branch(tmp_path: Path) -> None:
     """`mimic-run model=attention_branch` trains and reports like every other model."""
-    from mimic_runner.feedback.runs import train_run
+    from feedback_runs import train_run
 
     run = train_run(tmp_path, ["model=attention_branch", "trainer=smoke",
                                "data.synth.params.n=240", "data.image_size=64"])

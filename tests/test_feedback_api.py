@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from feedback_runs import untrained_run
 from PIL import Image
 
 from mimic_runner.analysis.load import LoadedRun, load_run
 from mimic_runner.feedback.app import STATIC, create_app
 from mimic_runner.feedback.middleware import MAX_BODY
-from mimic_runner.feedback.runs import untrained_run
-from mimic_runner.feedback.session import FeedbackSession, state_sha256
+from mimic_runner.feedback.models import state_sha256
+from mimic_runner.feedback.retrain import Step
+from mimic_runner.feedback.session import FeedbackSession
 from mimic_runner.feedback.store import sha256_file
 
 TOKEN = "s3cret-token"
@@ -188,8 +190,8 @@ def test_second_retrain_is_refused(client: TestClient, session: FeedbackSession)
     runner = client.app.state.runner  # type: ignore[attr-defined]
     release, started = threading.Event(), threading.Event()
 
-    def slow_retrain(session, params, progress, author=None):  # type: ignore[no-untyped-def]
-        progress(0.3, "pretending to train")
+    def slow_retrain(session, params, progress, **kw):  # type: ignore[no-untyped-def]
+        progress(Step(3, 10, 0.3, "pretending to train"))
         started.set()
         release.wait(30)
         raise RuntimeError("stopped by the test")
@@ -232,8 +234,8 @@ def test_decisions_without_versions(client: TestClient, session: FeedbackSession
     assert r.status_code == 409 and "nothing to roll back" in _detail(r)
     r = client.post("/api/accept", json={})
     assert r.status_code == 409 and "no candidate" in _detail(r)
-    r = client.post("/api/accept", json={"version": 1})
-    assert r.status_code == 409 and "not a candidate" in _detail(r)
+    r = client.post("/api/accept", json={"version": 1})  # already the current version
+    assert r.status_code == 200 and r.json()["already"] is True
     r = client.post("/api/accept", json={"version": 7})
     assert r.status_code == 404
     r = client.get("/api/diff")
@@ -329,7 +331,7 @@ def test_full_flow_through_the_api(client: TestClient, session: FeedbackSession,
     deadline = time.time() + 300
     while time.time() < deadline:
         s = client.get("/api/retrain").json()
-        seen.add(round(s["progress"], 2))
+        seen.add(round(s["progress"]["fraction"], 2))
         if s["state"] != "running":
             break
         time.sleep(0.2)
@@ -354,7 +356,7 @@ def test_full_flow_through_the_api(client: TestClient, session: FeedbackSession,
     assert sha256_file(session.store.checkpoint_path(v1)) == v1["sha256"] == run_sha
     assert [v["status"] for v in back["versions"]] == ["accepted", "rolled_back"]
     actions = [e["action"] for e in client.get("/api/events").json()]
-    assert actions[:3] == ["rollback", "accept", "candidate"]
+    assert actions[:4] == ["rollback", "accept", "retrain_finished", "candidate"]
 
 
 def test_rgb_dataset(tmp_path: Path) -> None:
@@ -567,3 +569,222 @@ def test_discard_revert_and_history(client: TestClient, session: FeedbackSession
     assert d["heldout"]["meaningful"] is (len(session.dm.ids["val"]) >= 10)
     actions = [e["action"] for e in client.get("/api/events").json()]
     assert actions[0] == "revert" and "discard" in actions
+
+
+# -- issue 21's API: revision, cancel, lost retraining, estimate, idempotent decisions ----------
+def _wait(client: TestClient, states: tuple[str, ...], timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = client.get("/api/retrain").json()
+        if s["state"] in states:
+            return s
+        time.sleep(0.05)
+    raise AssertionError(f"retraining still {s['state']}: {s}")
+
+
+def test_status_revision_counts_and_authors(client: TestClient, session: FeedbackSession) -> None:
+    s0 = client.get("/api/status").json()
+    assert s0["images_with_rois"] == 0 and s0["retrain"]["state"] == "idle"
+    assert set(s0["retrain"]["progress"]) == {"done_steps", "total_steps", "fraction"}
+    ids = [_train_id(session, k) for k in range(2)]
+    created = client.post("/api/rois", json={"rois": [_rect(ids[0]), _rect(ids[0], "include"),
+                                                      _rect(ids[1])], "author": "dr. a"}).json()
+    s1 = client.get("/api/status").json()
+    assert s1["revision"] > s0["revision"] and s1["images_with_rois"] == 2
+    client.patch(f"/api/rois/{created[0]['id']}", json={"kind": "include", "author": "dr. b"})
+    s2 = client.get("/api/status").json()
+    client.delete(f"/api/rois/{created[2]['id']}", params={"author": "dr. c"})
+    s3 = client.get("/api/status").json()
+    assert s1["revision"] < s2["revision"] < s3["revision"] and s3["images_with_rois"] == 1
+    events = client.get("/api/events").json()
+    assert [e["author"] for e in events[:3]] == ["dr. c", "dr. b", "dr. a"]
+    assert all(e["time"].endswith("+00:00") for e in events)  # ISO, UTC
+
+
+def test_cancel_stops_a_long_retraining(client: TestClient, session: FeedbackSession) -> None:
+    assert client.post("/api/retrain/cancel", json={}).status_code == 409  # nothing runs
+    client.post("/api/rois", json={"rois": [_rect(_train_id(session))]})
+    before = client.get("/api/status").json()
+    r = client.post("/api/retrain", json={"epochs": 1000, "author": "dr. start"})
+    assert r.status_code == 202
+    deadline = time.time() + 300
+    while client.get("/api/retrain").json()["progress"]["done_steps"] < 2:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    running = client.get("/api/status").json()
+    assert running["retrain"]["state"] == "running" and running["revision"] > before["revision"]
+    assert running["retrain"]["estimate_s"] > 0 and running["retrain"]["author"] == "dr. start"
+    t0 = time.perf_counter()
+    r = client.post("/api/retrain/cancel", json={"author": "dr. stop"})
+    assert r.status_code == 202 and r.json()["state"] == "cancelling"
+    s = _wait(client, ("cancelled", "failed", "done"), timeout=30)
+    stopped_in = time.perf_counter() - t0
+    assert s["state"] == "cancelled" and stopped_in < 5, (s, stopped_in)
+    assert s["finished_at"] and s["progress"]["done_steps"] < s["progress"]["total_steps"]
+    assert client.get("/api/status").json()["candidate"] is None  # no candidate made
+    event = next(e for e in client.get("/api/events").json()
+                 if e["action"] == "retrain_cancelled")
+    assert event["author"] == "dr. stop" and event["detail"]["started_by"] == "dr. start"
+    assert event["detail"]["params"]["epochs"] == 1000
+    progress = event["detail"]["progress"]
+    assert 2 <= progress["done_steps"] < progress["total_steps"]
+    assert client.post("/api/retrain/cancel", json={}).status_code == 409
+
+
+def test_a_retraining_lost_with_the_server_is_reported(session: FeedbackSession,
+                                                       run_dir: Path, loaded: LoadedRun) -> None:
+    session.store.log_event("dr. x", "retrain_started", {"run": "r1", "params": {"epochs": 9}})
+    for _ in range(2):  # the server starts (again): one retrain_lost, the state stays "lost"
+        again = FeedbackSession(run_dir, workspace=session.workspace, loaded=loaded)
+        s = TestClient(create_app(again)).get("/api/status").json()["retrain"]
+        assert s["state"] == "lost" and "interrupted" in s["message"]
+        assert s["params"] == {"epochs": 9} and s["author"] == "dr. x"
+    actions = [e["action"] for e in session.store.events()]
+    assert actions.count("retrain_lost") == 1 and actions[0] == "retrain_lost"
+
+
+def test_retraining_over_a_waiting_candidate_asks_first(client: TestClient,
+                                                        session: FeedbackSession) -> None:
+    from mimic_runner.feedback.retrain import RetrainParams, retrain
+
+    client.post("/api/rois", json={"rois": [_rect(_train_id(session))]})
+    cand = retrain(session, RetrainParams(epochs=1, max_batches=1))
+    r = client.post("/api/retrain", json={"epochs": 1})
+    assert r.status_code == 409 and "replace_candidate=true" in _detail(r)
+    runner = client.app.state.runner  # type: ignore[attr-defined]
+    runner.retrain_fn = lambda session, params, **kw: {"id": 99, "replace": kw}
+    r = client.post("/api/retrain", json={"epochs": 1, "replace_candidate": True})
+    assert r.status_code == 202
+    s = _wait(client, ("done",), timeout=30)
+    assert s["version"] == 99
+    assert client.get("/api/status").json()["candidate"]["id"] == cand["id"]
+
+
+def test_estimate_is_measured_and_cached(client: TestClient, session: FeedbackSession) -> None:
+    body = {"epochs": 10, "batch_size": 16}
+    t0 = time.perf_counter()
+    first = client.post("/api/retrain/estimate", json=body).json()
+    took = time.perf_counter() - t0
+    assert first["measured"] is True and first["cached"] is False and first["passes"] == 10
+    assert first["per_pass_s"] > 0 and first["seconds"] >= 10 * first["per_pass_s"] * 0.99
+    assert took < 30  # < 3 s on a quiet machine; generous for a shared CI runner
+    again = client.post("/api/retrain/estimate", json={**body, "epochs": 20}).json()
+    assert again["cached"] is True and again["per_pass_s"] == first["per_pass_s"]
+    assert again["seconds"] > first["seconds"]
+    assert client.post("/api/retrain/estimate", json={"epochs": 0}).status_code == 422
+
+
+def test_decisions_are_idempotent_and_diff_says_what_changed(client: TestClient,
+                                                             session: FeedbackSession) -> None:
+    from mimic_runner.feedback.retrain import RetrainParams, retrain
+
+    client.post("/api/rois", json={"rois": [_rect(_train_id(session))]})
+    retrain(session, RetrainParams(epochs=1, max_batches=1, gamma=50))  # v2
+    d = client.get("/api/diff", params={"after": 2, "heldout": "test"}).json()
+    assert (d["before_version"], d["after_version"]) == (1, 2)  # before = its parent
+    assert d["heldout"]["split"] == "test"
+    acc, dx = d["accuracy"], d["diagnoses"]
+    assert acc["n"] == len(session.dm.ids["test"]) == d["heldout"]["n_images"]
+    lo, hi = acc["delta_ci95"]
+    assert lo <= acc["delta"] <= hi and acc["delta"] == pytest.approx(acc["after"] - acc["before"])
+    assert dx["total_changed"] == d["heldout"]["prediction_changes"]
+    assert dx["wrong_to_right"] - dx["right_to_wrong"] == round(acc["delta"] * acc["n"])
+    body = {"version": 2, "author": "dr. a", "request_id": "5f0c-accept"}
+    first = client.post("/api/accept", json=body)
+    second = client.post("/api/accept", json=body)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["current"] == second.json()["current"]
+    assert second.json()["replayed"] is True
+    assert [e["action"] for e in session.store.events()].count("accept") == 1
+    again = client.post("/api/accept", json={"version": 2})
+    assert again.status_code == 200 and again.json()["already"] is True
+    d = client.get("/api/diff", params={"before": 2, "after": 1}).json()
+    assert (d["before_version"], d["after_version"]) == (2, 1)
+
+
+# -- finding images: filters, sort, attention share; one region onto many images ---------------
+def test_image_filters_and_sort(client: TestClient, session: FeedbackSession) -> None:
+    all_items = client.get("/api/images", params={"limit": 500}).json()
+    items = all_items["items"]
+    assert all_items["total"] == len(session.dm.ids["train"]) == len(items)
+    for it in items:
+        assert it["correct"] == (it["label"] == it["predicted"]) and 0 <= it["probability"] <= 1
+    zeros = client.get("/api/images", params={"label": 0, "limit": 500}).json()
+    assert zeros["total"] == sum(it["label"] == 0 for it in items) > 0
+    assert all(it["label"] == 0 for it in zeros["items"])
+    wrong = client.get("/api/images", params={"correct": "false", "limit": 500}).json()
+    assert wrong["total"] == sum(not it["correct"] for it in items)
+    pred1 = client.get("/api/images", params={"predicted": 1, "limit": 500}).json()
+    assert pred1["total"] == sum(it["predicted"] == 1 for it in items)
+    conf = client.get("/api/images", params={"sort": "-confidence", "limit": 500}).json()
+    probs = [it["probability"] for it in conf["items"]]
+    assert probs == sorted(probs, reverse=True)
+    # The share of attention inside the top-left quarter, highest first.
+    q = {"region": "0,0,32,32", "sort": "-attention_share", "limit": 5, "offset": 0}
+    top = client.get("/api/images", params=q).json()["items"]
+    shares = [it["attention_share"] for it in top]
+    assert shares == sorted(shares, reverse=True) and all(0 <= v <= 1 for v in shares)
+    m = session.attention(top[0]["id"])
+    assert shares[0] == pytest.approx(m[:32, :32].sum() / m.sum(), rel=2e-3)
+    client.post("/api/rois", json={"rois": [_rect(top[0]["id"])]})
+    marked = client.get("/api/images", params={"has_rois": "true"}).json()
+    assert [it["id"] for it in marked["items"]] == [top[0]["id"]]
+    assert marked["items"][0]["n_rois"] == 1
+    for bad in ({"region": "0,0,99,9"}, {"region": "a,b"}, {"sort": "-attention_share"},
+                {"label": 7}, {"sort": "size"}):
+        r = client.get("/api/images", params=bad)
+        assert r.status_code == 422, bad
+        _detail(r)
+
+
+def test_apply_one_region_to_many_images(client: TestClient, session: FeedbackSession) -> None:
+    roi = {"shape": "rect", "kind": "exclude", "points": [[0, 0], [0.25, 0.25]]}
+    labels = session.dm.splits["train"].tensors["label"]
+    r = client.post("/api/rois/apply", json={"roi": roi, "filter": {"label": 1},
+                                             "author": "dr. m"})
+    assert r.status_code == 201
+    out = r.json()
+    assert out["created"] == int((labels == 1).sum()) == len(out["image_ids"])
+    rois = session.store.rois()
+    assert len(rois) == out["created"] and {r["author"] for r in rois} == {"dr. m"}
+    assert client.get("/api/status").json()["images_with_rois"] == out["created"]
+    # All or none: one held-out image refuses the whole request.
+    before = _snapshot(session)
+    val_id = str(session.dm.ids["val"][0])
+    r = client.post("/api/rois/apply", json={"roi": roi, "image_ids": [_train_id(session, 0),
+                                                                       val_id]})
+    assert r.status_code == 422 and "held out" in _detail(r)
+    r = client.post("/api/rois/apply", json={"roi": {**roi, "points": [[0, 0], [2, 2]]}})
+    assert r.status_code == 422
+    assert _snapshot(session) == before
+    r = client.post("/api/rois/apply", json={"roi": roi, "image_ids": [_train_id(session, 1)]})
+    assert r.status_code == 201 and r.json()["created"] == 1
+
+
+def test_a_body_that_never_arrives_is_cut(session: FeedbackSession) -> None:
+    import socket as socketlib
+
+    import uvicorn
+
+    app = create_app(session, body_timeout=1.0)
+    with socketlib.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 60
+        while not server.started:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        with socketlib.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"POST /api/rois HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: 100\r\n\r\n")
+            t0 = time.perf_counter()
+            answer = s.recv(4096)
+            took = time.perf_counter() - t0
+        assert answer.startswith(b"HTTP/1.1 408") and took < 10, (answer[:80], took)
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import torch
 from cli_helpers import feedback_cli
+from feedback_runs import untrained_run
 
-from mimic_runner.feedback.runs import untrained_run
 from mimic_runner.feedback.store import sha256_file
 
 OVERRIDES = ["model=attention_branch", "data.synth.params.n=240", "data.image_size=64"]
@@ -68,9 +68,12 @@ def test_add_roi_json_problems_are_one_line(capsys: pytest.CaptureFixture[str],
                                             tmp_path: Path) -> None:
     run = str(tmp_path / "run")  # never opened: the file is read first
     bad = tmp_path / "bad.json"
+    fifo = tmp_path / "rois.fifo"
+    os.mkfifo(fifo)  # would block a reader until someone writes into it
     cases = {
-        str(tmp_path / "missing.json"): "no such file",
-        str(tmp_path): "is a folder",
+        str(tmp_path / "missing.json"): "does not exist",
+        str(tmp_path): "folder",
+        str(fifo): "FIFO",
     }
     for path, expected in cases.items():
         line = _one_error_line(*_cli(capsys, "add-roi", run, "--json", path)[::2])

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import feedback_cli
+from feedback_runs import untrained_run
 from filelock import FileLock
 
 from mimic_runner.analysis.load import LoadedRun, load_run
 from mimic_runner.feedback.diff import compare_versions, feedback_masks, forward_maps, mean_inside
+from mimic_runner.feedback.models import state_sha256
 from mimic_runner.feedback.retrain import RetrainParams, retrain
-from mimic_runner.feedback.runs import untrained_run
-from mimic_runner.feedback.session import FeedbackSession, state_sha256
+from mimic_runner.feedback.session import FeedbackSession
 from mimic_runner.feedback.store import FeedbackConflict, FeedbackInvalid, sha256_file
 
 OVERRIDES = ["model=attention_branch", "data.synth.params.n=240", "data.image_size=64"]
@@ -62,7 +63,7 @@ def test_retrain_makes_a_candidate_and_never_touches_the_accepted_file(
     v1_path = session.store.checkpoint_path(v1)
     stat = v1_path.stat()
     progress: list[float] = []
-    cand = retrain(session, RetrainParams(**TINY), progress=lambda f, m: progress.append(f))
+    cand = retrain(session, RetrainParams(**TINY), progress=lambda s: progress.append(s.fraction))
     assert cand["status"] == "candidate" and cand["parent"] == 1 and cand["id"] == 2
     assert session.store.current()["id"] == 1  # a candidate is not current until accepted
     cand_path = session.store.checkpoint_path(cand)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mimic_runner.feedback.decisions import Decisions
 from mimic_runner.feedback.roi import (
     ROI,
     edited_target,
@@ -168,28 +169,28 @@ def test_store_rois(store: FeedbackStore) -> None:
 
 def test_version_lifecycle(store: FeedbackStore) -> None:
     with pytest.raises(FeedbackConflict, match="nothing to roll back"):
-        store.rollback()
+        Decisions(store).rollback()
     with pytest.raises(FeedbackConflict, match="no candidate"):
-        store.accept()
+        Decisions(store).accept()
     v2 = _candidate(store, b"weights-v2")
     assert v2["status"] == "candidate" and v2["parent"] == 1 and store.current()["id"] == 1
     # Rollback with a pending candidate discards it; version 1 stays current.
-    r = store.rollback()
+    r = Decisions(store).rollback()
     assert r["rolled_back"]["id"] == 2 and r["current"]["id"] == 1
-    with pytest.raises(FeedbackConflict, match="rolled_back"):
-        store.accept(2)
+    with pytest.raises(FeedbackConflict, match="rolled back, not a candidate"):
+        Decisions(store).accept(2)
     v3 = _candidate(store, b"weights-v3")
-    store.accept()
+    Decisions(store).accept()
     assert store.current()["id"] == v3["id"]
     v4 = _candidate(store, b"weights-v4")
     v5 = _candidate(store, b"weights-v5")  # supersedes v4
     assert store.version(v4["id"])["status"] == "rolled_back"
-    store.accept(v5["id"])
+    Decisions(store).accept(v5["id"])
     # Roll back twice: v5 -> v3 -> v1, each time the nearest accepted ancestor.
-    assert store.rollback()["current"]["id"] == v3["id"]
-    assert store.rollback()["current"]["id"] == 1
+    assert Decisions(store).rollback()["current"]["id"] == v3["id"]
+    assert Decisions(store).rollback()["current"]["id"] == 1
     with pytest.raises(FeedbackConflict):
-        store.rollback()
+        Decisions(store).rollback()
     v1 = store.current()
     assert store.verified_checkpoint(v1).read_bytes() == b"weights-v1"
     statuses = {v["id"]: v["status"] for v in store.versions()}
@@ -199,7 +200,7 @@ def test_version_lifecycle(store: FeedbackStore) -> None:
 
 def test_candidate_from_a_stale_parent_is_refused(store: FeedbackStore) -> None:
     v2 = _candidate(store, b"w2")
-    store.accept(v2["id"])
+    Decisions(store).accept(v2["id"])
     path = store.next_checkpoint_path()
     path.write_bytes(b"stale")
     with pytest.raises(FeedbackConflict, match="retrain"):
@@ -247,8 +248,8 @@ def test_concurrent_accepts_only_one_wins(store: FeedbackStore) -> None:
 
     def accept() -> None:
         try:
-            store.accept(v2["id"])
-            outcome.append("accepted")
+            r = Decisions(store).accept(v2["id"])
+            outcome.append("already" if r["already"] else "accepted")
         except FeedbackConflict:
             outcome.append("refused")
 
@@ -257,8 +258,52 @@ def test_concurrent_accepts_only_one_wins(store: FeedbackStore) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert outcome.count("accepted") == 1
+    assert outcome.count("accepted") == 1 and outcome.count("already") == 5
     assert [e["action"] for e in store.events()].count("accept") == 1
+
+
+def test_a_repeated_request_id_returns_the_first_answer(store: FeedbackStore) -> None:
+    v2 = _candidate(store, b"w2")
+    answers: list[dict] = []
+
+    def accept() -> None:
+        answers.append(Decisions(store).accept(v2["id"], author="dr. a", request_id="req-1"))
+
+    threads = [threading.Thread(target=accept) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first = [a for a in answers if not a.get("replayed")]
+    assert len(first) == 1 and first[0]["already"] is False
+    assert all(a["current"] == first[0]["current"] for a in answers)
+    assert sum(bool(a.get("replayed")) for a in answers) == 4
+    assert [e["action"] for e in store.events()].count("accept") == 1
+    # The same id for another decision is refused; a failed decision records no id.
+    with pytest.raises(FeedbackConflict, match="already used for accept"):
+        Decisions(store).discard(request_id="req-1")
+    with pytest.raises(FeedbackConflict, match="no candidate"):
+        Decisions(store).discard(request_id="req-2")
+    v3 = _candidate(store, b"w3")
+    assert Decisions(store).discard(request_id="req-2")["rolled_back"]["id"] == v3["id"]
+
+
+def test_revision_grows_with_every_change(store: FeedbackStore) -> None:
+    seen = [store.revision()]
+    store.add_rois([RECT], author="a")
+    seen.append(store.revision())
+    store.update_roi(1, {"kind": "include"})
+    seen.append(store.revision())
+    _candidate(store, b"w2")
+    seen.append(store.revision())
+    Decisions(store).discard()
+    seen.append(store.revision())
+    store.log_event("b", "retrain_started", {"run": "x"})
+    seen.append(store.revision())
+    assert seen == sorted(set(seen)), seen  # strictly increasing
+    assert store.images_with_rois() == 1
+    latest = store.events(1)[0]
+    assert latest["author"] == "b" and latest["time"].endswith("+00:00")
 
 
 def _process_worker(path: str, n: int, tag: str) -> None:

@@ -14,30 +14,15 @@ belongs to the checkpoint it was started on: after the run is trained again, com
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
-import secrets
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from mimic_runner.errors import UserError, exit_on_user_error
-
-console = Console()
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-
-
-def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+from mimic_runner.log import console, stdout
 
 
 def _points(values: list[str]) -> list[list[float]]:
@@ -71,32 +56,6 @@ def _session(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return session
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or one clear line (before any slow work)."""
-    if not 0 <= port <= 65535:
-        raise UserError(f"--port {port}: use a port number from 1 to 65535 (0 picks a free one)")
-    try:
-        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UserError(f"--host {host}: not an address of this machine ({exc})") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        reason = exc.strerror or str(exc)
-        raise UserError(f"cannot listen on {host}:{port}: {reason}; choose another --port "
-                        "(or --host)") from None
-    sock.set_inheritable(True)
-    return sock
-
-
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -116,34 +75,10 @@ def _versions_table(status: dict[str, Any]) -> Table:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
+    from mimic_runner.feedback.server import serve
 
-    from mimic_runner.feedback.app import create_app
-    from mimic_runner.feedback.middleware import allowed_hosts_for
-
-    token = args.token
-    loopback = _is_loopback(args.host)
-    if not loopback and token is None and not args.no_token:
-        token = secrets.token_urlsafe(24)  # never serve the network without a token by default
-    sock = _listen(args.host, args.port)  # a bad or busy port fails before the model loads
-    try:
-        port = sock.getsockname()[1]
-        session = _session(args)
-        app = create_app(session, token=token, allowed_hosts=allowed_hosts_for(args.host))
-        host = args.host.strip("[]")
-        shown = f"[{host}]" if ":" in host else host
-        url = f"http://{shown}:{port}/"
-        if token:
-            url += f"?token={token}"
-        console.print(f"mimic-feedback: serving {session.run_dir} (workspace "
-                      f"{session.workspace})")
-        console.print(f"open [bold]{url}[/bold]   (API reference: /docs; Ctrl+C stops)")
-        if not loopback and not token:
-            console.print("[red]warning[/red]: serving the network without an access token")
-        config = uvicorn.Config(app, host=host, port=port, log_level=args.log_level)
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        sock.close()
+    serve(lambda: _session(args), host=args.host, port=args.port, token=args.token,
+          no_token=args.no_token, log_level=args.log_level)
 
 
 def cmd_add_roi(args: argparse.Namespace) -> None:
@@ -156,11 +91,14 @@ def cmd_add_roi(args: argparse.Namespace) -> None:
                  "points": _points(args.points), "weight": args.weight}]
     created = _session(args).add_rois(rois)
     for r in created:
-        console.print(f"added region {r['id']}: {r['shape']} {r['kind']} on {r['image_id']}")
+        stdout.print(f"added region {r['id']}: {r['shape']} {r['kind']} on {r['image_id']}")
 
 
 def _read_rois(path: Path) -> list[dict[str, Any]]:
     """The regions of a JSON file (a list, or ``{"rois": [...]}``), or one clear line."""
+    from mimic_runner.io import require_regular_file
+
+    require_regular_file(path, "--json")  # a FIFO or device would block the reader
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -187,47 +125,38 @@ def cmd_rois(args: argparse.Namespace) -> None:
     from mimic_runner.feedback.store import FeedbackStore
 
     store = FeedbackStore(Path(args.workspace or Path(args.run_dir) / "feedback")
-                          / "feedback.sqlite")
+                          / "feedback.sqlite")  # the regions only: no model to load
     _print_json(store.rois(args.image))
 
 
 def cmd_delete_roi(args: argparse.Namespace) -> None:
-    row = _session(args).store.delete_roi(args.roi_id, author=args.author)
-    console.print(f"deleted region {row['id']} on {row['image_id']}")
+    row = _session(args).delete_roi(args.roi_id)
+    stdout.print(f"deleted region {row['id']} on {row['image_id']}")
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
     from rich.progress import Progress
 
-    from mimic_runner.feedback.retrain import RetrainParams, retrain
+    from mimic_runner.feedback.params import from_namespace
+    from mimic_runner.feedback.retrain import retrain
 
-    params = RetrainParams(gamma=args.gamma, epochs=args.epochs, lr=args.lr, train=args.train,
-                           mode=args.mode, max_batches=args.max_batches,
-                           batch_size=args.batch_size, heldout=args.heldout, seed=args.seed)
+    params = from_namespace(args).validate()
     session = _session(args)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=console, transient=True) as bar:
         task = bar.add_task("retraining", total=1.0)
-        version = retrain(session, params,
-                          progress=lambda f, m: bar.update(task, completed=f, description=m))
+        version = retrain(session, params, replace_candidate=args.replace_candidate,
+                          progress=lambda s: bar.update(task, completed=s.fraction,
+                                                        description=s.message))
     m = version["metrics"]
     split = m["heldout_split"]
-    console.print(f"candidate version {version['id']} (parent v{version['parent']}): "
-                  f"{split} acc {m[f'{split}/acc']:.4f}; accept or roll back after "
-                  "`mimic-feedback diff`")
+    stdout.print(f"candidate version {version['id']} (parent v{version['parent']}): "
+                 f"{split} acc {m[f'{split}/acc']:.4f}; accept or roll back after "
+                 "`mimic-feedback diff`")
 
 
 def cmd_diff(args: argparse.Namespace) -> None:
-    from mimic_runner.feedback.diff import compare_versions
-
-    session = _session(args)
-    before = args.before or int(session.store.current()["id"])
-    after = args.after
-    if after is None:
-        cand = session.store.candidate()
-        if cand is None:
-            raise UserError("diff: no candidate to compare; retrain first or pass --after N")
-        after = int(cand["id"])
-    d = compare_versions(session, before, after, args.heldout)
+    d = _session(args).diff(args.before, args.after, args.heldout)
+    before, after = d["before_version"], d["after_version"]
     if args.json:
         _print_json(d)
         return
@@ -250,30 +179,39 @@ def cmd_diff(args: argparse.Namespace) -> None:
     table.add_row(f"{ho['split']}: prediction changes", "", str(ho["prediction_changes"]), "")
     table.add_row(f"{ho['split']}: mean |attention change|", "",
                   f"{ho['mean_abs_attention_change']:.4f}", "")
-    console.print(table)
+    acc, dx = d["accuracy"], d["diagnoses"]
+    if acc["n"]:
+        lo, hi = acc["delta_ci95"]
+        table.add_row(f"{ho['split']}: accuracy change, 95% CI ({acc['method']})", "", "",
+                      f"{acc['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    table.add_row(f"{ho['split']}: diagnoses wrong->right / right->wrong / wrong->wrong", "",
+                  f"{dx['wrong_to_right']} / {dx['right_to_wrong']} / {dx['wrong_to_wrong']}", "")
+    stdout.print(table)
 
 
 def cmd_accept(args: argparse.Namespace) -> None:
-    v = _session(args).accept(args.version)
-    console.print(f"accepted: version {v['id']} is current (sha256 {v['sha256'][:12]}…)")
+    r = _session(args).accept(args.version)
+    v = r["current"]
+    already = " already" if r.get("already") else ""
+    stdout.print(f"accepted: version {v['id']} is{already} current (sha256 {v['sha256'][:12]}…)")
 
 
 def cmd_discard(args: argparse.Namespace) -> None:
     r = _session(args).discard()
-    console.print(f"discarded candidate version {r['rolled_back']['id']}: version "
+    stdout.print(f"discarded candidate version {r['rolled_back']['id']}: version "
                   f"{r['current']['id']} stays current")
 
 
 def cmd_revert(args: argparse.Namespace) -> None:
     r = _session(args).revert(args.to)
     undone = ", ".join(f"v{v}" for v in r["rolled_back"])
-    console.print(f"reverted to version {r['current']['id']} (sha256 "
+    stdout.print(f"reverted to version {r['current']['id']} (sha256 "
                   f"{r['current']['sha256'][:12]}…); rolled back: {undone}")
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
     r = _session(args).rollback()
-    console.print(f"rolled back version {r['rolled_back']['id']}: version {r['current']['id']} "
+    stdout.print(f"rolled back version {r['rolled_back']['id']}: version {r['current']['id']} "
                   f"is current (sha256 {r['current']['sha256'][:12]}…)")
 
 
@@ -282,9 +220,9 @@ def cmd_status(args: argparse.Namespace) -> None:
     if args.json:
         _print_json(status)
         return
-    console.print(_versions_table(status))
+    stdout.print(_versions_table(status))
     cand = status["candidate"]
-    console.print(f"current: v{status['current']['id']} · candidate: "
+    stdout.print(f"current: v{status['current']['id']} · candidate: "
                   f"{'v' + str(cand['id']) if cand else 'none'} · regions: {status['n_rois']} · "
                   f"weights sha256 {status['weights_sha256'][:12]}…")
 
@@ -333,23 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("delete-roi", cmd_delete_roi, "delete a region of interest")
     p.add_argument("roi_id", type=int)
 
-    from mimic_runner.feedback.retrain import TRAIN_PARTS, RetrainParams
-    from mimic_runner.feedback.roi import TARGET_MODES
+    from mimic_runner.feedback.params import add_arguments
 
-    d = RetrainParams()
     p = command("retrain", cmd_retrain, "retrain the current version with the feedback")
-    p.add_argument("--gamma", type=float, default=d.gamma, help="weight of the feedback loss")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--train", choices=TRAIN_PARTS, default=d.train,
-                   help="which parts are trained")
-    p.add_argument("--mode", choices=TARGET_MODES, default=d.mode,
-                   help="how the corrected map is built from the regions")
-    p.add_argument("--max-batches", type=int, default=None,
-                   help="training batches per epoch (default: the whole train split)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--heldout", choices=("val", "test"), default=d.heldout)
-    p.add_argument("--seed", type=int, default=d.seed)
+    add_arguments(p)
+    p.add_argument("--replace-candidate", action="store_true",
+                   help="retrain although a candidate waits (it is discarded)")
 
     p = command("diff", cmd_diff, "differences between two versions (default: current vs "
                 "candidate)")

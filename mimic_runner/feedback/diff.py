@@ -9,11 +9,14 @@ attention share on the confounder and the mean absolute change of the attention 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from mimic_runner.feedback.errors import FeedbackConflict
 from mimic_runner.feedback.roi import ROI, mass_share, roi_masks
 from mimic_runner.training.modules import AttentionBranchModule
 
@@ -30,6 +33,7 @@ class FeedbackSession(Protocol):
     """
 
     dm: Any
+    store: Any
     class_names: list[str]
 
     @property
@@ -79,12 +83,21 @@ def feedback_masks(session: FeedbackSession, image_ids: list[str]
     return torch.stack(inc), torch.stack(exc), torch.tensor(w)
 
 
+Check = Callable[[], None]  # called before every batch; raises to stop (a cancelled retraining)
+
+
+def _no_check() -> None:
+    return None
+
+
 def feedback_summary(session: FeedbackSession, modules: dict[str, AttentionBranchModule],
-                     image_ids: list[str], batch_size: int = 64) -> dict[str, Any]:
+                     image_ids: list[str], batch_size: int = 64, check: Check = _no_check
+                     ) -> dict[str, Any]:
     """Per module name: attention share inside the include / exclude regions and on the
     confounder, and the predictions, over the feedback images."""
     out: dict[str, dict[str, list[Any]]] = {k: {} for k in modules}
     for start in range(0, len(image_ids), batch_size):
+        check()
         ids = image_ids[start:start + batch_size]
         batch = session.batch(ids)
         inc, exc, _ = feedback_masks(session, ids)
@@ -105,12 +118,13 @@ def feedback_summary(session: FeedbackSession, modules: dict[str, AttentionBranc
 
 
 def heldout_summary(session: FeedbackSession, modules: dict[str, AttentionBranchModule],
-                    split: str) -> dict[str, dict[str, Tensor]]:
+                    split: str, check: Check = _no_check) -> dict[str, dict[str, Tensor]]:
     """Per module name: predictions (N,), labels (N,), confounder shares (N,) on a split, and
     under ``"_pair"`` the mean absolute map difference (N,) between the first two modules."""
     loader = session.dm.loader(split)
     out: dict[str, dict[str, list[Tensor]]] = {k: {} for k in [*modules, "_pair"]}
     for batch in loader:
+        check()
         x = session.dm.normalise(batch["image"])
         maps_seen = []
         for name, module in modules.items():
@@ -133,9 +147,9 @@ def heldout_summary(session: FeedbackSession, modules: dict[str, AttentionBranch
 
 
 def evaluate_version(session: FeedbackSession, module: AttentionBranchModule,
-                     split: str = "val") -> dict[str, Any]:
+                     split: str = "val", check: Check = _no_check) -> dict[str, Any]:
     """Accuracy and attention shares of one version (recorded with a candidate)."""
-    held = heldout_summary(session, {"m": module}, split)["m"]
+    held = heldout_summary(session, {"m": module}, split, check)["m"]
     metrics: dict[str, Any] = {"heldout_split": split,
                                f"{split}/acc": float((held["pred"] == held["label"]).float()
                                                      .mean()),
@@ -145,7 +159,7 @@ def evaluate_version(session: FeedbackSession, module: AttentionBranchModule,
         metrics[f"{split}/confounder_attention"] = nanmean(held["confounder_attention"])
     ids = sorted(session.rois_by_image())
     if ids:
-        fb = feedback_summary(session, {"m": module}, ids)["m"]
+        fb = feedback_summary(session, {"m": module}, ids, check=check)["m"]
         metrics["feedback/include_share"] = nanmean(fb["include_share"])
         metrics["feedback/exclude_share"] = nanmean(fb["exclude_share"])
         metrics["feedback/n_images"] = len(ids)
@@ -205,6 +219,9 @@ def compare_versions(session: FeedbackSession, before: int, after: int,
                                          nanmean(a["confounder_attention"]))
     hb["attention_mean"] = _ba(nanmean(b["attention_mean"]), nanmean(a["attention_mean"]))
     result["heldout"] = hb
+    right_b, right_a = (b["pred"] == b["label"]).numpy(), (a["pred"] == a["label"]).numpy()
+    result["accuracy"] = paired_accuracy(right_b, right_a)
+    result["diagnoses"] = diagnoses(right_b, right_a, (b["pred"] != a["pred"]).numpy())
     result["class_names"] = session.class_names
     result["min_meaningful_images"] = MIN_MEANINGFUL
     return result
@@ -219,3 +236,89 @@ def mean_inside(maps: Tensor, mask: Tensor) -> Tensor:
 def _finite(x: Tensor) -> float | None:
     v = float(x)
     return v if math.isfinite(v) else None
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def paired_accuracy(right_before: np.ndarray, right_after: np.ndarray, seed: int = 0,
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+    """Accuracy before and after on the same n images, their difference, and its 95 %
+    percentile interval from a paired bootstrap (the images resampled with replacement, both
+    versions' answers kept together; seeded, so the same inputs give the same interval).
+
+    Args:
+        right_before, right_after: (n,) bool, whether each image was diagnosed correctly.
+
+    Returns:
+        ``{"before", "after", "delta", "delta_ci95": [lo, hi], "n", "method"}``; the
+        figures are None when n = 0.
+    """
+    rb, ra = np.asarray(right_before, bool), np.asarray(right_after, bool)
+    n = len(rb)
+    if n == 0:
+        return {"before": None, "after": None, "delta": None, "delta_ci95": [None, None],
+                "n": 0, "method": "paired bootstrap"}
+    d = ra.astype(np.float64) - rb.astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    deltas = d[idx].mean(axis=1)
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    return {"before": float(rb.mean()), "after": float(ra.mean()), "delta": float(d.mean()),
+            "delta_ci95": [float(lo), float(hi)], "n": n, "method": "paired bootstrap"}
+
+
+def diagnoses(right_before: np.ndarray, right_after: np.ndarray, changed: np.ndarray
+              ) -> dict[str, int]:
+    """How the diagnoses of the same images changed, per direction.
+
+    Args:
+        right_before, right_after: (n,) bool, correct before / after.
+        changed: (n,) bool, the predicted class differs.
+
+    Returns:
+        ``wrong_to_right``, ``right_to_wrong``, ``wrong_to_wrong`` (another wrong class) and
+        ``total_changed`` (their sum).
+    """
+    rb, ra, ch = (np.asarray(x, bool) for x in (right_before, right_after, changed))
+    out = {"wrong_to_right": int((~rb & ra).sum()), "right_to_wrong": int((rb & ~ra).sum()),
+           "wrong_to_wrong": int((~rb & ~ra & ch).sum())}
+    out["total_changed"] = sum(out.values())
+    return out
+
+
+class DiffService:
+    """The differences between versions a session serves: defaults for the versions compared,
+    and a cache (versions never change; the regions are part of the key)."""
+
+    def __init__(self, session: FeedbackSession, size: int = 64) -> None:
+        self.session = session
+        self.size = size
+        self._cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def versions(self, before: int | None, after: int | None) -> tuple[int, int]:
+        """``after`` defaults to the waiting candidate; ``before`` to the version ``after`` was
+        trained from (or, for version 1, the current version)."""
+        store = self.session.store
+        if after is None:
+            cand = store.candidate()
+            if cand is None:
+                raise FeedbackConflict("there is no candidate to compare; retrain first, or "
+                                       "name two versions (?before=1&after=2)")
+            after = int(cand["id"])
+        parent = store.version(after)["parent"]
+        if before is None:
+            before = int(parent) if parent is not None else int(store.current()["id"])
+        store.version(before)
+        return before, after
+
+    def diff(self, before: int | None, after: int | None, heldout: str = "val"
+             ) -> dict[str, Any]:
+        b, a = self.versions(before, after)
+        rois = self.session.store.rois()
+        key = (b, a, heldout, tuple((r["id"], r["kind"], repr(r["points"]), r["weight"])
+                                    for r in rois))
+        if key not in self._cache:
+            if len(self._cache) >= self.size:
+                self._cache.clear()
+            self._cache[key] = compare_versions(self.session, b, a, heldout)
+        return self._cache[key]

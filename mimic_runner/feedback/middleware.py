@@ -3,6 +3,7 @@ limit, and the guard (access token, same-origin writes, Host check against DNS r
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -13,6 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi.responses import RedirectResponse
 
 MAX_BODY = 1 << 20  # 1 MiB: far above any real region payload (100 polygons of 64 points)
+#: Seconds a request's whole body may take to arrive; a client that declares a body and never
+#: sends it gets a 408 and the connection is closed, instead of holding it open.
+BODY_TIMEOUT = 10.0
 TOKEN_COOKIE = "mimic_feedback_token"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: Sent with every response: nothing may frame the page (clickjacking), and the page loads
@@ -93,10 +97,11 @@ async def _send_json(send: Any, status: int, detail: str, headers: list | None =
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413 (by header, or while reading)."""
+    """Refuse request bodies over ``limit`` bytes with 413 (by header, or while reading), and
+    bodies not complete within ``timeout`` seconds with 408."""
 
-    def __init__(self, app: Any, limit: int = MAX_BODY) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int = MAX_BODY, timeout: float = BODY_TIMEOUT) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -108,8 +113,14 @@ class BodyLimit:
             return await _send_json(send, 413, msg)
         # Read the (bounded) body here and replay it: chunked uploads are capped too.
         chunks, size, more = [], 0, True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return await _send_json(send, 408, f"the request body did not arrive within "
+                                        f"{self.timeout:g} s", [(b"connection", b"close")])
             if message["type"] != "http.request":
                 return
             chunk = message.get("body", b"")

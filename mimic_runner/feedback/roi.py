@@ -172,6 +172,9 @@ def feedback_loss(attention: Tensor, target: Tensor, weights: Tensor) -> Tensor:
 def mass_share(maps: Tensor, mask: Tensor) -> Tensor:
     """Fraction of each map's mass inside a mask: ``Σ(M·R) / Σ M`` per image.
 
+    :func:`~mimic_runner.metrics.saliency.confounder_share`, except that an empty mask gives NaN
+    (an image without a region of that kind is left out of the mean, not counted as 0).
+
     Args:
         maps: (B, H, W) non-negative maps.
         mask: (B, H, W) masks (non-zero = inside).
@@ -179,8 +182,26 @@ def mass_share(maps: Tensor, mask: Tensor) -> Tensor:
     Returns:
         (B,) in [0, 1]; NaN for an empty mask or an all-zero map (nothing to share out).
     """
-    m = (mask != 0).to(maps.dtype)
-    total = maps.flatten(1).sum(-1)
-    share = (maps * m).flatten(1).sum(-1) / total
-    empty = m.flatten(1).sum(-1) == 0
+    from mimic_runner.metrics.saliency import confounder_share
+
+    share = confounder_share(maps.clamp_min(0), mask)
+    empty = (mask != 0).flatten(1).sum(-1) == 0
     return torch.where(empty, torch.full_like(share, float("nan")), share)
+
+
+def checked_roi(shape: str, kind: str, points: Sequence[Sequence[float]], weight: float,
+                height: int, width: int) -> ROI:
+    """A well-formed region that covers at least one pixel of an ``height x width`` image.
+
+    The one check of a region, new or edited. Raises ``ValueError`` with one clear sentence.
+    """
+    try:
+        pts = tuple((float(x), float(y)) for x, y in points)
+        validate_roi(shape, kind, pts, float(weight))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc) or "a region needs shape, kind and [x, y] points") from None
+    roi = ROI(shape=shape, kind=kind, points=pts, weight=float(weight))
+    if not bool(rasterize_roi(roi, height, width).any()):
+        raise ValueError(f"the region covers no pixel of the {height}x{width} image; draw a "
+                         "larger region")
+    return roi

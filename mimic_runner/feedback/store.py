@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from mimic_runner.errors import UserError
-from mimic_runner.feedback.decisions import VersionDecisions
 from mimic_runner.feedback.errors import (
     FeedbackConflict,
     FeedbackInvalid,
@@ -67,6 +66,12 @@ CREATE TABLE IF NOT EXISTS versions (
     status TEXT NOT NULL CHECK (status IN ('candidate', 'accepted', 'rolled_back')),
     author TEXT NOT NULL DEFAULT '',
     created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    time TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -109,7 +114,7 @@ def roi_from_row(row: dict[str, Any]) -> ROI:
                weight=float(row["weight"]), meta={"id": row["id"]})
 
 
-class FeedbackStore(VersionDecisions):
+class FeedbackStore:
     """SQLite store at ``path``; checkpoint paths are stored relative to ``path.parent``."""
 
     def __init__(self, path: str | Path) -> None:
@@ -167,12 +172,41 @@ class FeedbackStore(VersionDecisions):
     @staticmethod
     def _event(conn: sqlite3.Connection, who: str, action: str, detail: dict[str, Any]) -> None:
         conn.execute("INSERT INTO events (time, who, action, detail) VALUES (?, ?, ?, ?)",
-                     (now(), who, action, json.dumps(detail, sort_keys=True)))
+                     (now(), who, action, json.dumps(detail, sort_keys=True, default=str)))
 
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+    def log_event(self, who: str, action: str, detail: dict[str, Any]) -> None:
+        """Append one event to the audit log (its own transaction)."""
+        with self.write() as conn:
+            self._event(conn, who, action, detail)
+
+    def events(self, limit: int = 100, actions: Sequence[str] | None = None
+               ) -> list[dict[str, Any]]:
+        """The latest events, newest first (only ``actions`` when given); each with ``time``
+        (ISO UTC), ``author`` (and its older name ``who``), ``action`` and ``detail``."""
         with self.read() as conn:
-            rows = conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
-            return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+            if actions:
+                marks = ",".join("?" * len(actions))
+                rows = conn.execute(f"SELECT * FROM events WHERE action IN ({marks}) "
+                                    "ORDER BY id DESC LIMIT ?", (*actions, limit))
+            else:
+                rows = conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+            return [{**dict(r), "author": r["who"], "detail": json.loads(r["detail"])}
+                    for r in rows]
+
+    def revision(self) -> int:
+        """A number that grows with every change: the id of the latest audit event (every
+        change of regions, versions and retrainings writes one, from any process)."""
+        with self.read() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    def images_with_rois(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute("SELECT COUNT(DISTINCT image_id) FROM rois").fetchone()[0])
+
+    @staticmethod
+    def current_id(conn: sqlite3.Connection) -> int | None:
+        row = conn.execute("SELECT value FROM meta WHERE key='current_version'").fetchone()
+        return int(row[0]) if row else None
 
     # -- regions of interest -----------------------------------------------------------------
     def add_rois(self, rois: Sequence[dict[str, Any]], author: str = "",
@@ -224,6 +258,12 @@ class FeedbackStore(VersionDecisions):
             raise FeedbackNotFound(f"region {roi_id} does not exist (GET /api/rois lists them)")
         return row
 
+    def roi(self, roi_id: int) -> dict[str, Any]:
+        """One stored region (404 when there is none)."""
+        _known_id("region", roi_id)
+        with self.read() as conn:
+            return _roi_row(self._roi_in(conn, roi_id))
+
     def delete_roi(self, roi_id: int, author: str = "") -> dict[str, Any]:
         _known_id("region", roi_id)
         with self.write() as conn:
@@ -270,7 +310,7 @@ class FeedbackStore(VersionDecisions):
     # -- versions ----------------------------------------------------------------------------
     def versions(self) -> list[dict[str, Any]]:
         with self.read() as conn:
-            current = self._current_id(conn)
+            current = self.current_id(conn)
             rows = [_version_row(r) for r in conn.execute("SELECT * FROM versions ORDER BY id")]
         for r in rows:
             r["current"] = r["id"] == current
@@ -280,7 +320,7 @@ class FeedbackStore(VersionDecisions):
         _known_id("version", version_id)
         with self.read() as conn:
             row = conn.execute("SELECT * FROM versions WHERE id=?", (version_id,)).fetchone()
-            current = self._current_id(conn)
+            current = self.current_id(conn)
         if row is None:
             raise FeedbackNotFound(f"version {version_id} does not exist")
         d = _version_row(row)
@@ -289,7 +329,7 @@ class FeedbackStore(VersionDecisions):
 
     def current(self) -> dict[str, Any]:
         with self.read() as conn:
-            vid = self._current_id(conn)
+            vid = self.current_id(conn)
         if vid is None:
             raise UserError(f"{self.path}: the store has no model version yet")
         return self.version(vid)
@@ -319,7 +359,7 @@ class FeedbackStore(VersionDecisions):
         """Create version 1 from the run's checkpoint (copied), unless the store has versions."""
         with self.write() as conn:
             if conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]:
-                return self.version_in(conn, self._current_id(conn) or 1)
+                return self.version_in(conn, self.current_id(conn) or 1)
             rel = Path("versions") / "v0001.ckpt"
             dest = self.root / rel
             _copy_new(source_checkpoint, dest)
@@ -338,7 +378,7 @@ class FeedbackStore(VersionDecisions):
     def version_in(conn: sqlite3.Connection, version_id: int) -> dict[str, Any]:
         row = conn.execute("SELECT * FROM versions WHERE id=?", (version_id,)).fetchone()
         d = _version_row(row)
-        d["current"] = FeedbackStore._current_id(conn) == version_id
+        d["current"] = FeedbackStore.current_id(conn) == version_id
         return d
 
     def next_checkpoint_path(self) -> Path:
@@ -361,7 +401,7 @@ class FeedbackStore(VersionDecisions):
         """
         digest = sha256_file(checkpoint)
         with self.write() as conn:
-            current = self._current_id(conn)
+            current = self.current_id(conn)
             if current != parent:
                 raise FeedbackConflict(f"the candidate was trained from version {parent} but "
                                        f"version {current} is current now; retrain")

@@ -1,4 +1,5 @@
-"""Run folders to give feedback on: a real `mimic-run`, or an untrained one for tests and demos."""
+"""Run folders to give feedback on, for tests and the scripted study: a real `mimic-run`, or an
+untrained one (fast fixtures). Imported as a plain module, like `cli_helpers`."""
 
 from __future__ import annotations
 
