@@ -5,7 +5,8 @@
 
 It only checks the command line, hands the composed config to
 :func:`mimic_runner.training.run.run_experiment`, and maps the outcome to an exit status:
-0 done, 2 a user error (one ``error:`` line), 1 a sweep in which some run failed, 130 Ctrl+C.
+0 done, 2 a user error (one ``error:`` line), 1 a sweep in which some run failed, 130 Ctrl+C,
+143 SIGTERM (each with a line saying so).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import hydra
@@ -26,6 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from mimic_runner.config import check_argv, first_line, flags_first, register
+from mimic_runner.config.argv import command_overrides
+from mimic_runner.config.limits import name_too_long
 from mimic_runner.errors import UserError, exit_on_user_error, no_room, no_room_message
 from mimic_runner.log import stdout
 from mimic_runner.paths import conf_dir
@@ -43,6 +48,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and skip_busy_folder(run_dir):
+        return None
     try:
         validate(cfg)  # before the job takes a GPU slot and CPU threads
         resources: contextlib.AbstractContextManager = contextlib.nullcontext()
@@ -66,6 +73,24 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return optimized_value(cfg, metrics)
 
 
+def skip_busy_folder(run_dir: Path) -> bool:
+    """A sweep's job whose folder another process is training in: say so on the console only
+    (not into that run's ``run.log``, where Hydra pointed this job's log file) and skip it."""
+    from mimic_runner.rundir import RunDir
+
+    busy = RunDir(run_dir).lock_holder()
+    if not busy:
+        return False
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        name = getattr(handler, "baseFilename", None)
+        if name and Path(name).resolve().parent == run_dir.resolve():
+            root.removeHandler(handler)
+            handler.close()
+    logging.getLogger(__name__).error("skip %s", busy)
+    return True
+
+
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     """The run's test metrics as a table on stdout."""
     table = Table(title=f"{metrics['model']} · seed {metrics['seed']}")
@@ -87,8 +112,61 @@ _MODES = (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i
           ("--shell-completion", "-sc"))
 
 
-@exit_on_user_error
+class Terminated(BaseException):
+    """SIGTERM (``kill``, a scheduler, ``timeout``), raised where the process is, as Ctrl+C
+    raises KeyboardInterrupt: a BaseException, so the run's ``finally`` blocks (its lock, the
+    logger) run and no handler records it as the run's own failure."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    """``mimic-run``: exit 143 with one line on SIGTERM (Lightning, when it trains, calls this
+    handler after its own)."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main()
+    except Terminated:
+        print("terminated (SIGTERM); a run that did not finish continues with resume=true",
+              file=sys.stderr)
+        sys.exit(143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def announce_sweep(cfg: DictConfig, argv: list[str]) -> None:
+    """Before Hydra starts a multirun: refuse a value listed twice, say how many jobs will run
+    and where (Hydra composes every job's config before the first starts: minutes of silence
+    for a large sweep), and let a serial sweep check its configs a batch at a time."""
+    from mimic_runner.training.sweep import plan_sweep
+
+    plan = plan_sweep(cfg, command_overrides(argv))
+    where = OmegaConf.select(cfg, "hydra.sweep.dir", default=None, throw_on_missing=False)
+    if plan.jobs is None:
+        return
+    if plan.batch:
+        sys.argv.append(f"hydra.sweeper.max_batch_size={plan.batch}")
+        how = f"one after another, their configs checked {plan.batch} at a time"
+    else:
+        how = "every job's config is composed and checked before the first starts"
+    print(f"sweep: {plan.jobs:,} job{'s' if plan.jobs != 1 else ''} into {where}; {how}",
+          file=sys.stderr, flush=True)
+
+
+def _cause_kept(exc: BaseException) -> str:
+    """A Hydra error as one line, keeping the cause it wraps ("Error in call to target
+    'lightning...Trainer':" says nothing without the TypeError under it)."""
+    text = first_line(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and first_line(cause) not in text:
+        text = f"{text.rstrip(':')}: {type(cause).__name__}: {first_line(cause)}"
+    return text
+
+
+@exit_on_user_error
+def _main() -> None:
     register()
     argv = sys.argv[1:] = flags_first(sys.argv[1:])  # Hydra parses sys.argv itself
     modes = [m[0] for m in _MODES if any(a in m for a in argv)]
@@ -104,6 +182,8 @@ def main() -> None:
         # The folder can be written, is not in use, and a resume's checkpoint is readable:
         # all checked before Hydra rewrites the folder's .hydra/ files.
         check_run_folder(cfg, multirun=multirun)
+        if multirun:
+            announce_sweep(cfg, argv)
 
     # Errors reach the handlers here (one line for a config error or a full disk, e.g. while
     # Hydra writes .hydra/), instead of Hydra's shortened traceback.
@@ -118,9 +198,11 @@ def main() -> None:
         try:
             _hydra_main()
         except HydraException as exc:
-            raise UserError(f"{first_line(exc)}; `mimic-run --cfg job` shows the composed config"
-                            ) from None
+            raise UserError(f"{_cause_kept(exc)}; `mimic-run --cfg job` shows the composed "
+                            "config") from None
         except OSError as exc:
+            if name_too_long(exc):
+                raise UserError(str(name_too_long(exc))) from None
             if no_room(exc) is None or exc.filename:
                 raise
             # Hydra's writes of .hydra/ and run.log name no file: name the run's folder.

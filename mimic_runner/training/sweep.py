@@ -46,6 +46,70 @@ class SweepOutcome:
                       for k in ("trained", "skipped", "failed", "incomplete")})
 
 
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# Jobs whose configs Hydra's basic sweeper composes (and checks) before it starts the first:
+# every job at once by default, which for 10,000 jobs is minutes of silence. One after another
+# (launcher=serial) nothing is lost by checking them a batch at a time.
+SERIAL_BATCH = 50
+
+
+@dataclass
+class SweepPlan:
+    """What a multirun will launch, known before Hydra starts: ``jobs`` (None when a sweeper
+    other than the basic one decides) and the ``batch`` size to give the basic sweeper (None:
+    leave it)."""
+
+    jobs: int | None
+    batch: int | None = None
+
+
+def sweep_values(items: list[str]) -> dict[str, list[str]]:
+    """Each key's values in the order Hydra's basic sweeper takes them (``key=a,b``,
+    ``range(...)``, a plain ``key=v`` as one value; a later item for a key replaces an earlier
+    one, as there). Raises Hydra's own parse errors."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(items):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                return {}  # an interval: only a sweeper such as Optuna takes it
+            values[key] = list(o.sweep_string_iterator())
+        else:
+            values[key] = [o.get_value_element_as_str()]
+    return values
+
+
+def plan_sweep(cfg: DictConfig, overrides: list[str]) -> SweepPlan:
+    """Count a multirun's jobs and refuse a value listed twice (``-m seed=3,3``: both jobs
+    would be one run folder, trained once and counted as skipped). ``cfg`` is the pre-flight's
+    config (with its ``hydra`` node), ``overrides`` the command line's ``key=value`` items."""
+    from omegaconf import OmegaConf
+
+    from mimic_runner.errors import UserError
+
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper", default=None)
+    if sweeper is None or sweeper.get("_target_") != _BASIC_SWEEPER:
+        trials = sweeper.get("n_trials") if sweeper is not None else None
+        return SweepPlan(trials if isinstance(trials, int) else None)
+    params = sweeper.get("params") or {}
+    values = sweep_values([f"{k}={v}" for k, v in params.items()] + list(overrides))
+    jobs = 1
+    for key, vals in values.items():
+        seen = {v for v in vals if vals.count(v) > 1}
+        if seen:
+            raise UserError(f"{key}={','.join(vals)}: {sorted(seen)[0]} is listed more than "
+                            "once; each job of a sweep needs its own values (its own run "
+                            "folder), so list each value once")
+        jobs *= len(vals)
+    batch = None
+    if (OmegaConf.select(cfg, "launcher.name") == "serial" and jobs > SERIAL_BATCH
+            and sweeper.get("max_batch_size") is None):
+        batch = SERIAL_BATCH
+    return SweepPlan(jobs, batch)
+
+
 def sweep_outcome(sweep_dir: Path, since: float) -> SweepOutcome:
     """Classify the runs a sweep started at ``since`` (epoch seconds) touched.
 
