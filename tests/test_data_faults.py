@@ -10,6 +10,8 @@ import os
 import resource
 import subprocess
 import sys
+import threading
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -355,3 +357,103 @@ def test_overwrite_never_replaces_a_fifo(tmp_path: Path,
         write_json(link, {"a": 1})
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "out.h5"]
+
+
+# --------------------------------------------------------------------------- bounded reading
+
+
+@pytest.mark.parametrize("spawn", [False, True], ids=["fork", "fresh-interpreter"])
+def test_watchdog_turns_a_stuck_or_dying_reader_into_one_line(spawn: bool) -> None:
+    """Forked when the caller runs one thread; a fresh interpreter when it runs several."""
+    from watchdog_probes import answer, crash, refuse, stuck
+
+    from mimic_runner.data.watchdog import run_bounded
+
+    def call(fn: Callable[..., object], *args: object) -> object:
+        if not spawn:
+            return run_bounded(fn, *args, what="f.h5", stall_s=1)
+        box: dict[str, object] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = run_bounded(fn, *args, what="f.h5", stall_s=1)
+            except BaseException as exc:
+                box["error"] = exc
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join(120)
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["value"]
+
+    assert call(answer, 21) == 42
+    for fn, message in ((stuck, "f.h5: key 'x': no progress for 1 s"),
+                        (crash, "f.h5: key 'y': the reader died (signal SIGSEGV"),
+                        (refuse, "f.h5: key 'z': refused in words")):
+        start = time.monotonic()
+        with pytest.raises(DatasetError) as exc:
+            call(fn)
+        assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+        assert time.monotonic() - start < 60
+
+
+def test_a_damaged_heap_that_makes_libhdf5_loop_is_refused(good: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           ) -> None:
+    """The issue's hang: a global-heap object whose size was changed (here the class name
+    'pneumonia', 9 bytes, said to be 123) kept h5py's attrs.__getitem__ busy for minutes."""
+    monkeypatch.setenv("MIMIC_READ_STALL_S", "2")
+    data = bytearray(good.read_bytes())
+    at = data.find(b"pneumonia")
+    assert at > 8 and data[at - 8] == 9  # the object's size field, just before its bytes
+    data[at - 8] = 123
+    good.write_bytes(bytes(data))
+    for read in (lambda: validate_dataset(good, deep=True), lambda: read_dataset(good),
+                 lambda: HDF5DataModule(name="folder", path=str(good)).setup()):
+        start = time.monotonic()
+        with pytest.raises(DatasetError, match=r"attribute 'class_names'") as exc:
+            read()
+        assert str(good) in str(exc.value) and "\n" not in str(exc.value)
+        assert time.monotonic() - start < 30
+    with pytest.raises(SystemExit) as stop:
+        data_main(["info", str(good)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "class_names" in err
+
+
+def test_links_and_special_files_are_refused_before_reading(good: Path, tmp_path: Path) -> None:
+    """Soft and external links in place of a key are refused, not followed (an external link
+    to a FIFO would block); a FIFO, a device or a too-long name as the file is refused before
+    it is opened."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = {
+        "soft link": (lambda f: (f.__delitem__("gaze"),
+                                 f.__setitem__("gaze", h5py.SoftLink("/nowhere"))),
+                      "key 'gaze': is a soft link to '/nowhere'"),
+        "soft link to a key": (lambda f: (f.__delitem__("labels"),
+                                          f.__setitem__("labels", h5py.SoftLink("/split"))),
+                               "key 'labels': is a soft link to '/split'"),
+        "external link to a FIFO": (
+            lambda f: (f.__delitem__("images"),
+                       f.__setitem__("images", h5py.ExternalLink(str(fifo), "/images"))),
+            "key 'images': is an external link to '/images' in"),
+    }
+    for name, (edit, message) in cases.items():
+        bad = tmp_path / f"{name.replace(' ', '_')}.h5"
+        bad.write_bytes(good.read_bytes())
+        _edit(bad, edit)
+        with pytest.raises(DatasetError, match=message):
+            validate_dataset(bad, deep=True)
+        with pytest.raises(DatasetError, match=message):
+            read_dataset(bad)
+    long_name = tmp_path / ("x" * 300 + ".h5")
+    for path, message in ((fifo, "is a FIFO"), (long_name, "the path is too long"),
+                          (Path("/dev/zero"), "is a character device")):
+        with pytest.raises(DatasetError, match=message):
+            validate_dataset(path)
+        with pytest.raises(DatasetError, match=message):
+            HDF5DataModule(name="folder", path=str(path)).setup()

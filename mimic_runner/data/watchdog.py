@@ -17,6 +17,7 @@ imports); otherwise a fresh interpreter (a fork would copy locks held by other t
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import pickle
@@ -58,6 +59,8 @@ def _send(fd: int, kind: bytes, payload: bytes) -> None:
 def _child(fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
     """Run ``fn`` reporting progress on ``fd``; send its result or its error, never raise."""
     from mimic_runner.errors import UserError
+
+    faulthandler.disable()  # a crash is reported by the parent in one line, not dumped here
 
     def progress(step: str) -> None:
         _send(fd, b"P", step.encode("utf-8", "replace")[:500])
