@@ -223,6 +223,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch: p
     with pytest.raises(UserError, match="no space left on the device"):
         ensure_synth("synth_cxr", {"n": 30, "size": 48}, tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.h5")) and _no_temp_files(tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.lock"))  # no empty lock file either
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics are Linux's")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -12,6 +13,7 @@ from typing import Any
 from filelock import FileLock
 
 from mimic_runner.data.schema import write_dataset
+from mimic_runner.errors import no_room
 
 SYNTH_KINDS = ("synth_cxr", "synth_smear")
 
@@ -50,7 +52,15 @@ def ensure_synth(kind: str, params: dict[str, Any], cache_dir: str | Path) -> Pa
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise UserError(f"cache folder {path.parent} is not writable; set paths.cache_dir to "
                         "a writable folder")
-    with FileLock(str(path) + ".lock"):
+    lock_path = Path(str(path) + ".lock")
+    try:
+        lock = FileLock(str(lock_path))
+        lock.acquire()
+    except OSError as exc:
+        raise UserError(f"cache folder {path.parent}: cannot create the lock file "
+                        f"{lock_path.name} ({no_room(exc) or exc.strerror or exc}); free some "
+                        "space or set paths.cache_dir to another folder") from None
+    try:
         if not path.exists():  # another job may have finished it while we waited
             module = importlib.import_module(f"mimic_runner.data.{kind}")
             try:
@@ -58,4 +68,18 @@ def ensure_synth(kind: str, params: dict[str, Any], cache_dir: str | Path) -> Pa
             except TypeError as exc:
                 raise UserError(f"data.synth.params for {kind}: {exc}") from None
             write_dataset(path, **arrays)
+    finally:
+        _remove_lock_file(lock_path)
+        lock.release()
     return path
+
+
+def _remove_lock_file(lock_path: Path) -> None:
+    """Remove the lock file while still holding the lock, so that no empty ``.lock`` outlives
+    the job (after a full disk it was all that was left).
+
+    Safe: a job already waiting on the removed file, or one that makes a new lock file, checks
+    for the data file once it holds its lock; after a success it finds it and returns, after
+    a failure it generates it again (two such jobs write the same bytes, each atomically)."""
+    with contextlib.suppress(OSError):
+        lock_path.unlink()
