@@ -10,7 +10,7 @@ endif
 ARGS ?=
 
 .PHONY: install browser slurm-deps test test-fast test-all test-slurm lint format smoke run table1 table2 report \
-	bench gpu-check clean
+	bench gpu-check fuzz clean
 
 install:
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x $(VENV)/bin/python ]; then $(PYTHON) -m venv $(VENV); fi
@@ -42,6 +42,14 @@ test-fast:
 # launcher=slurm against a real one-node cluster (root and `make slurm-deps`; skips otherwise).
 test-slurm:
 	$(BIN)/python -m pytest -q tests/test_slurm_launcher.py $(ARGS)
+
+# Long fuzzing (issue 23): mutated dataset files through the reader and generated requests
+# through the feedback API, FUZZ_CASES each (CI runs a few dozen); prints how many cases were
+# tried, refused, accepted and failed (also test-artifacts/fuzz_*.json).
+FUZZ_CASES ?= 10000
+fuzz:
+	MIMIC_FUZZ_CASES=$(FUZZ_CASES) $(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout=0 \
+	  tests/test_fuzz_dataset.py tests/test_fuzz_api.py $(ARGS)
 
 lint:
 	$(BIN)/ruff check mimic_runner tests scripts
