@@ -19,6 +19,7 @@ from mimic_runner.feedback.images import SORTS, ImageFilter, parse_region
 from mimic_runner.feedback.params import RetrainParams
 from mimic_runner.feedback.schemas import (
     MAX_ID,
+    WRITE,
     ApplyIn,
     CancelIn,
     DecisionIn,
@@ -36,7 +37,6 @@ from mimic_runner.feedback.store import FeedbackInvalid
 
 ClassQuery = Annotated[int | None, Query(ge=0, le=10_000, description="a class index")]
 AuthorQuery = Annotated[str, Query(max_length=100, description="the reviewer's name")]
-WRITE = (413, 422)  # every request with a body: too large, or invalid
 
 
 def png(array: np.ndarray, size: int | None = None) -> bytes:
@@ -57,7 +57,7 @@ def png(array: np.ndarray, size: int | None = None) -> bytes:
 def image_routes(r: FastAPI, session: FeedbackSession) -> None:
     """Run information, the image list (filters, sort), images, maps and predictions."""
 
-    @r.get("/api/info", summary="Run, dataset and class names")
+    @r.get("/api/info", summary="Run, dataset and class names", responses=errors())
     def info() -> dict[str, Any]:
         return session.info()
 
@@ -182,7 +182,8 @@ def retrain_routes(r: FastAPI, session: FeedbackSession) -> None:
     def cancel(payload: Annotated[CancelIn | None, Body()] = None) -> dict[str, Any]:
         return session.cancel_retrain(author=(payload or CancelIn()).author)
 
-    @r.get("/api/retrain", summary="Progress of the current or last retraining")
+    @r.get("/api/retrain", summary="Progress of the current or last retraining",
+           responses=errors())
     def retrain_status() -> dict[str, Any]:
         return session.retrain_status()
 
@@ -232,13 +233,13 @@ def version_routes(r: FastAPI, session: FeedbackSession) -> None:
         return {**session.rollback(author=p.author, request_id=p.request_id),
                 "status": session.status()}
 
-    @r.get("/api/versions", summary="Version history: every version (rolled back ones too) "
-           "with its status, parameters and measures")
+    @r.get("/api/versions", responses=errors(), summary="Version history: every version "
+           "(rolled back ones too) with its status, parameters and measures")
     def versions() -> list[dict[str, Any]]:
         return session.versions()
 
-    @r.get("/api/status", summary="Revision (grows with every change), current and candidate "
-           "version, revert targets, regions, weights hash, retraining")
+    @r.get("/api/status", responses=errors(), summary="Revision (grows with every change), "
+           "current and candidate version, revert targets, regions, weights hash, retraining")
     def status() -> dict[str, Any]:
         return session.status()
 

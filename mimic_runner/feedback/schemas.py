@@ -184,9 +184,20 @@ class ErrorOut(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
+#: Answers every route can give: a Host not served here or a body that cannot be parsed (400),
+#: a missing or wrong access token (401).
+ALWAYS = (400, 401)
+#: Answers of every request with a body: another origin (403), a body that does not arrive in
+#: time (408) or is too large (413), invalid input (422).
+WRITE = (403, 408, 413, 422)
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` of a route: the error answers it can give, all :class:`ErrorOut`."""
-    words = {400: "bad request", 404: "not found", 409: "conflict with the current state",
-             413: "request body too large", 422: "invalid input", 408: "request body not sent "
-             "in time"}
-    return {c: {"model": ErrorOut, "description": words.get(c, "error")} for c in codes}
+    words = {400: "bad request (a Host not served here, a body that cannot be parsed)",
+             401: "missing or wrong access token", 403: "a change from another origin",
+             404: "not found", 408: "the request body did not arrive in time",
+             409: "conflict with the current state", 413: "request body too large",
+             422: "invalid input"}
+    return {c: {"model": ErrorOut, "description": words.get(c, "error")}
+            for c in sorted({*ALWAYS, *codes})}
