@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -30,7 +31,9 @@ import pytest
 from cli_helpers import dataset_arrays
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
+from mimic_runner.cli.data import render_info
 from mimic_runner.data.datamodule import HDF5DataModule
 from mimic_runner.data.schema import validate_dataset, write_dataset
 from mimic_runner.errors import UserError
@@ -87,13 +90,15 @@ def _attr_value(kind: str) -> object:
         "empty_list": np.array([], dtype=np.float64), "names_many": np.array(
             [f"c{i}" for i in range(300)], dtype=object),
         "nan": float("nan"), "compound": np.zeros(2, dtype=[("a", "i4"), ("b", "f8")]),
+        "markup": np.array(["[/]", "[bold", "a\nb\x1b[31m"], dtype=object),
+        "markup_str": "[/bold]\n[link=x]",
     }
     return values[kind]
 
 
 ATTR_KINDS = ("delete", "str", "int", "int2", "float", "bool", "neg", "huge", "names1",
               "names_dup", "names_int", "names_2d", "bytes_bad", "empty", "empty_list",
-              "names_many", "nan", "compound")
+              "names_many", "nan", "compound", "markup", "markup_str")
 
 
 def _apply_structural(f: h5py.File, op: tuple, side: Path) -> None:
@@ -265,6 +270,11 @@ def _read_everything(path: Path) -> tuple[str, str | None]:
         if problem:
             return "failed", f"validate_dataset: {problem}"
         outcome, info = "refused", None
+    if info is not None:
+        try:  # what `mimic-data info` prints of it (names from the file are not markup)
+            render_info(info, Console(file=io.StringIO(), width=120))
+        except Exception as exc:
+            return "failed", f"mimic-data info's summary: {type(exc).__name__}: {exc}"
     dm = HDF5DataModule(name="fuzz", path=str(path))
     try:
         dm.setup()

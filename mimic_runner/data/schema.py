@@ -40,9 +40,9 @@ from mimic_runner.errors import DatasetError, UserError, no_room
 from mimic_runner.io import (
     atomic_path,
     check_output_dir,
+    file_kind,
     hdf5_image,
     refuse_non_regular_output,
-    file_kind,
 )
 
 SCHEMA_VERSION = 1
@@ -180,6 +180,13 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _text(value: object, limit: int = 80) -> str:
+    """Text read from a file, fit for a one-line message: control characters (a newline in a
+    key name or an id) escaped, and shortened to ``limit`` characters."""
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(value))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _decode(value: object) -> object:
     if isinstance(value, bytes):
         return value.decode("utf-8")
@@ -302,11 +309,12 @@ def _link_problem(f: h5py.File, key: str) -> str | None:
     perhaps a FIFO), or None. Reads the link itself, never what it points to."""
     link = f.get(key, getlink=True)
     if isinstance(link, h5py.SoftLink):
-        return (f"is a soft link to '{link.path}'; mimic-runner reads only arrays stored "
+        return (f"is a soft link to '{_text(link.path)}'; mimic-runner reads only arrays stored "
                 "under their own name (copy the array there)")
     if isinstance(link, h5py.ExternalLink):
-        return (f"is an external link to '{link.path}' in {link.filename}; mimic-runner reads "
-                "only arrays stored in the file itself (copy the array into it)")
+        return (f"is an external link to '{_text(link.path)}' in {_text(link.filename)}; "
+                "mimic-runner reads only arrays stored in the file itself (copy the array into "
+                "it)")
     return None
 
 
@@ -369,7 +377,7 @@ def _validate_open(p: Path, shown: Path, require_splits: tuple[str, ...], check_
                 if key in MAP_KEYS:
                     continue
                 try:
-                    present = ", ".join(sorted(f.keys())) or "none"
+                    present = _text(", ".join(sorted(f.keys()))) or "none"
                 except Exception:
                     present = "unreadable"
                 raise fail(key, f"missing (the file has: {present}); see the schema in README")
@@ -480,11 +488,11 @@ def _validate_open(p: Path, shown: Path, require_splits: tuple[str, ...], check_
                 block = _read(ds, slice(start, start + rows), shown, "gaze")
                 if not np.isfinite(block).all():
                     i = start + int(np.flatnonzero(~np.isfinite(block).all(axis=(1, 2)))[0])
-                    raise fail("gaze", f"NaN or Inf at row {i} (id {ids[i]})")
+                    raise fail("gaze", f"NaN or Inf at row {i} (id {_text(ids[i])})")
                 if (block < 0).any():
                     i = start + int(np.flatnonzero((block < 0).any(axis=(1, 2)))[0])
-                    raise fail("gaze", f"negative values at row {i} (id {ids[i]}); gaze must "
-                                       "be non-negative")
+                    raise fail("gaze", f"negative values at row {i} (id {_text(ids[i])}); "
+                                       "gaze must be non-negative")
         if deep:
             for key in ("images", *[m for m in maps if m != "gaze"]):
                 ds = f[key]
