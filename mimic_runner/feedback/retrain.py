@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
@@ -32,8 +32,9 @@ from mimic_runner.feedback.roi import edited_target, feedback_loss
 from mimic_runner.feedback.store import FeedbackConflict, FeedbackInvalid, publish_new
 from mimic_runner.training.modules import AttentionBranchModule, attention_maps
 
-if TYPE_CHECKING:
-    from mimic_runner.feedback.session import FeedbackSession
+#: A :class:`~mimic_runner.feedback.session.FeedbackSession` (not imported: the session
+#: imports this module).
+FeedbackSession = Any
 
 __all__ = ["TRAIN_PARTS", "CancelFlag", "RetrainCancelled", "RetrainParams", "Step", "retrain"]
 

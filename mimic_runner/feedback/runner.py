@@ -8,7 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mimic_runner.feedback.errors import FeedbackConflict, FeedbackInvalid
 from mimic_runner.feedback.params import RetrainParams
@@ -25,8 +25,9 @@ from mimic_runner.feedback.retrain import (
 )
 from mimic_runner.feedback.store import now
 
-if TYPE_CHECKING:
-    from mimic_runner.feedback.session import FeedbackSession
+#: A :class:`~mimic_runner.feedback.session.FeedbackSession` (not imported: the session
+#: imports this module).
+FeedbackSession = Any
 
 STATES = ("idle", "running", "cancelling", "done", "failed", "cancelled", "lost")
 ACTIVE = ("running", "cancelling")
