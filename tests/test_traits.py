@@ -37,7 +37,7 @@ def test_bad_traits_are_one_line(node: dict, message: str) -> None:
 def test_the_class_checks_the_kind_and_the_ensemble_size(compose) -> None:  # type: ignore[no-untyped-def]
     from mimic_runner.config import validate
 
-    with pytest.raises(UserError, match="EnsembleModule trains a ensemble model"):
+    with pytest.raises(UserError, match="EnsembleModule trains ensemble models"):
         validate(compose("model=expl_ensemble", "model.traits.kind=single"))
     with pytest.raises(UserError, match="an ensemble needs at least 2 members"):
         validate(compose("model=normal_ensemble", "model.ensemble_size=1"))

@@ -163,8 +163,8 @@ class ExplainedClassifier(L.LightningModule):
         kind (one :class:`UserError` line otherwise)."""
         traits = ModelTraits.of(model_cfg.get("traits"), default=cls.default_traits)
         if traits.kind != cls.default_traits.kind:
-            raise UserError(f"model.traits.kind={traits.kind}: {cls.__name__} trains a "
-                            f"{cls.default_traits.kind} model; use kind: "
+            raise UserError(f"model.traits.kind={traits.kind}: {cls.__name__} trains "
+                            f"{cls.default_traits.kind} models; use kind: "
                             f"{cls.default_traits.kind}")
         return traits
         GuidanceSettings.from_config(model_cfg.get("gaze_guidance"))
