@@ -458,3 +458,15 @@ def test_links_and_special_files_are_refused_before_reading(good: Path, tmp_path
             validate_dataset(path)
         with pytest.raises(DatasetError, match=message):
             HDF5DataModule(name="folder", path=str(path)).setup()
+
+
+def test_a_fifo_as_a_source_csv_is_refused(tmp_path: Path) -> None:
+    from mimic_runner.data.prepare._common import csv_rows
+
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetError, match=r"labels\.csv: is a FIFO \(named pipe\), not a "
+                                           r"regular file"):
+        list(csv_rows(fifo, ["path"]))
+    with pytest.raises(DatasetError, match=r"File name too long"):
+        list(csv_rows(tmp_path / ("x" * 300 + ".csv"), ["path"]))

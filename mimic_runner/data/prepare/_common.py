@@ -8,8 +8,10 @@ names the file and the problem; rows left out for a reason are collected in a
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mimic_runner.data.schema import check_output_file
 from mimic_runner.errors import DatasetError, UserError
+from mimic_runner.io import file_kind
 
 T = TypeVar("T")
 
@@ -140,8 +143,14 @@ def csv_rows(path: Path, required: Sequence[str], optional: Sequence[str] = (),
     Raises :class:`DatasetError` naming the file when it is missing, unreadable or lacks a
     required column (all missing ones are named).
     """
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file{hint}")
+    try:  # a FIFO would block the reader, a device never end: refused before opening
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise DatasetError(f"{path}: no such file{hint}") from None
+        raise DatasetError(f"{str(path)[:100]}: cannot read CSV ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{path}: is {file_kind(mode)}, not a regular file; give a CSV file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
