@@ -326,7 +326,7 @@ def test_a_refused_drawing_disappears(browser: Any, server: dict[str, Any]) -> N
     page = p.page
     try:
         page.select_option("#split", "test")
-        p.until("document.querySelector('#page-info').textContent.includes('of')")
+        page.wait_for_selector("#image-list[data-split='test'] button")
         test_id = page.locator("#image-list button").first.get_attribute("data-id")
         page.click(f"#image-list button[data-id='{test_id}']")
         p.until(f"window.mimicFeedback.state.imageId === '{test_id}'")
@@ -428,8 +428,8 @@ def test_editing_keyboard_and_view(browser: Any, server: dict[str, Any]) -> None
         page.keyboard.press("?")
         page.wait_for_selector("#help:not([hidden])")
         text = page.locator("#help").inner_text()
-        for key in ("Ctrl+Z", "Ctrl+Shift+Z", "Delete", "Esc", "pan", "rectangle", "ellipse",
-                    "polygon"):
+        for key in ("Ctrl+Z", "Ctrl+Shift+Z", "Delete", "Esc", "move the view", "rectangle",
+                    "ellipse", "polygon", "freehand", "Enter starts"):
             assert key in text, key
         p.shot("help-1280x720")
         page.keyboard.press("Escape")
@@ -659,8 +659,13 @@ def test_reload_during_a_retraining(browser: Any, server: dict[str, Any]) -> Non
                                           "points": [[0.2, 0.2], [0.6, 0.6]]}]})
     release = threading.Event()
 
-    def slow(session, params, progress, author=None):  # type: ignore[no-untyped-def]
-        progress(0.4, f"epoch 2/{params.epochs}, batch 1/4")
+    def slow(session, params, progress, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            from mimic_runner.feedback.retrain import Step
+        except ImportError:  # an older server: progress(fraction, message)
+            progress(0.4, f"epoch 2/{params.epochs}, batch 1/4")
+        else:
+            progress(Step(4, 10, 0.4, f"epoch 2/{params.epochs}, batch 1/4"))
         release.wait(60)
         raise RuntimeError("stopped by the test")
 

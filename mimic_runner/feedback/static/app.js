@@ -650,6 +650,8 @@ async function loadList() {
   $("#prev-page").disabled = state.offset === 0;
   $("#next-page").disabled = last >= state.total;
   showSearchBox();
+  ul.dataset.split = state.split;  // for scripts: the list shown is this split's
+  ul.dataset.ready = String(Date.now());
   return data;
 }
 
