@@ -1,11 +1,13 @@
 """The tables of docs/findings.md from the runs of scripts/findings_sweep.sh.
 
-    python scripts/findings_tables.py runs/findings/table1 > findings_tables.md
+    python scripts/findings_tables.py runs/findings > findings_tables.md
 
-Per dataset: every model's mean ± std over seeds for the gaze-agreement measures and their
-diagnostics; the explanation ensemble against the normal one, paired over seeds (mean
-difference, its 95 % t-interval, the paired t-test); the averaging curve (KLD of the mean map of
-the first k members); both checkpoint rules; the reference maps.
+Per dataset (Table 1 runs): every model's mean ± std over seeds for the gaze-agreement measures
+and their diagnostics, the reference maps, the cost per run; paired comparisons over seeds (mean
+difference, its 95 % t-interval, the paired t-test): explanation vs normal ensemble, gaze-guided
+vs normal, explanation+gaze vs gaze-guided, the authors' recipe vs normal, and the guided
+ensemble against the mean-gaze references of the same test images; the averaging curve (one
+member vs all N, averaged over members). Table 2 runs: KLD, NSS and accuracy by ensemble size.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -28,7 +31,15 @@ MEASURES = [("test/acc", "acc", 100.0), ("test/kld", "KLD", 1.0), ("test/nss", "
                                                          1.0),
             ("test/confounder_share", "confounder share", 1.0),
             ("test/cam_disagreement", "disagreement", 1.0)]
-MODELS = ["baseline", "improved_unet", "normal_ensemble", "expl_ensemble"]
+MODELS = ["baseline", "normal_ensemble", "expl_ensemble", "gaze_guided_ensemble",
+          "expl_gaze_ensemble", "expl_ensemble_authors", "gaze_guided", "improved_unet"]
+# (a, b): a − b paired over seeds; "ref:<name>" is a reference map on the same test images.
+COMPARISONS = [("expl_ensemble", "normal_ensemble"), ("gaze_guided_ensemble", "normal_ensemble"),
+               ("expl_gaze_ensemble", "gaze_guided_ensemble"),
+               ("expl_gaze_ensemble", "normal_ensemble"),
+               ("expl_ensemble_authors", "normal_ensemble"),
+               ("gaze_guided_ensemble", "ref:mean_gaze"),
+               ("gaze_guided_ensemble", "ref:mean_gaze_grid")]
 REFS = ["uniform", "mean_gaze", "mean_gaze_grid", "own_gaze_grid"]
 
 
@@ -60,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("runs_dir", type=Path)
     args = ap.parse_args(argv)
-    runs = [r for r in collect_runs(args.runs_dir) if r.status == "finished"]
+    root = args.runs_dir
+    table1 = root / "table1" if (root / "table1").is_dir() else root
+    runs = [r for r in collect_runs(table1) if r.status == "finished"]
     by_data: dict[str, list] = defaultdict(list)
     for r in runs:
         by_data[str(r.metrics.get("dataset"))].append(r)
@@ -73,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                 if isinstance(v, (int, float)):
                     val[(r.model, key)][r.seed] = float(v) * scale
             for k in ("test_last/acc", "test_last/kld", "test_last/nss", "tested_epoch",
-                      "val/acc"):
+                      "val/acc", "train_seconds", "wall_seconds"):
                 v = r.metrics.get(k)
                 if isinstance(v, (int, float)):
                     val[(r.model, k)][r.seed] = float(v) * (100 if k.endswith("acc") else 1)
@@ -82,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                     v = r.metrics.get(f"ref/{ref}/{m}")
                     if isinstance(v, (int, float)):
                         val[(f"ref:{ref}", m)][r.seed] = float(v)
+                        val[(f"ref:{ref}", f"test/{m}")][r.seed] = float(v)
             for m in ("kld", "nss"):
                 curve = r.metrics.get(f"test/{m}_at_k")
                 if isinstance(curve, list) and curve:
@@ -92,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         out.write("| model | " + " | ".join(lbl for _, lbl, _ in MEASURES) + " |\n")
         out.write("|---|" + "---:|" * len(MEASURES) + "\n")
         for m in MODELS:
+            if not val[(m, "test/acc")]:
+                continue
             cells = [_ms(list(val[(m, k)].values()), 1 if k == "test/acc" else 3)
                      for k, _, _ in MEASURES]
             out.write(f"| {m} | " + " | ".join(cells) + " |\n")
@@ -102,17 +118,29 @@ def main(argv: list[str] | None = None) -> None:
                 cells.append(_ms(list(val[(f"ref:{ref}", short)].values()))
                              if k in ("test/kld", "test/nss") else "")
             out.write(f"| reference: {ref} | " + " | ".join(cells) + " |\n")
-        out.write("\nExplanation ensemble minus normal ensemble, paired over seeds "
-                  "(n, mean difference [95 % CI], paired t-test p):\n\n")
-        out.write("| measure | n | Δ (expl − normal) | 95 % CI | p |\n|---|---:|---:|---:|---:|\n")
-        for k, lbl, _ in MEASURES:
-            n, d, lo, hi, p = paired(val[("expl_ensemble", k)], val[("normal_ensemble", k)])
-            if n:
-                out.write(f"| {lbl} | {n} | {_f(d)} | [{_f(lo)}, {_f(hi)}] | {_f(p, 4)} |\n")
+        out.write("\nPaired over seeds (n, mean difference a − b [95 % CI], paired t-test "
+                  "p):\n\n| a − b | measure | n | Δ | 95 % CI | p |\n"
+                  "|---|---|---:|---:|---:|---:|\n")
+        for a, b in COMPARISONS:
+            for k, lbl, _ in MEASURES:
+                if b.startswith("ref:") and k not in ("test/kld", "test/nss"):
+                    continue
+                n, d, lo, hi, p = paired(val[(a, k)], val[(b, k)])
+                if n:
+                    out.write(f"| {a} − {b} | {lbl} | {n} | {_f(d)} | [{_f(lo)}, {_f(hi)}] | "
+                              f"{_f(p, 4)} |\n")
+        out.write("\nCost per run (seconds, mean ± std; training / whole run):\n\n"
+                  "| model | train | wall |\n|---|---:|---:|\n")
+        for m in MODELS:
+            if val[(m, "train_seconds")]:
+                out.write(f"| {m} | {_ms(list(val[(m, 'train_seconds')].values()), 0)} | "
+                          f"{_ms(list(val[(m, 'wall_seconds')].values()), 0)} |\n")
         out.write("\nAveraging alone: KLD and NSS of one member's map (k = 1) and of the mean of "
                   "all N (k = N):\n\n| model | KLD k=1 | KLD k=N | NSS k=1 | NSS k=N |\n"
                   "|---|---:|---:|---:|---:|\n")
-        for m in ("normal_ensemble", "expl_ensemble"):
+        for m in MODELS:
+            if not val[(m, "kld@1")]:
+                continue
             out.write(f"| {m} | " + " | ".join(_ms(list(val[(m, k)].values()))
                                              for k in ("kld@1", "kld@N", "nss@1", "nss@N"))
                       + " |\n")
@@ -121,11 +149,37 @@ def main(argv: list[str] | None = None) -> None:
                   "KLD best | KLD last | NSS best | NSS last |\n|---|---:|---:|---:|---:|---:|"
                   "---:|---:|\n")
         for m in MODELS:
+            if not val[(m, "test/acc")]:
+                continue
             out.write(f"| {m} | {_ms(list(val[(m, 'tested_epoch')].values()), 1)} | "
                       + " | ".join(_ms(list(val[(m, k)].values()), 1 if "acc" in k else 3)
                                    for k in ("test/acc", "test_last/acc", "test/kld",
                                              "test_last/kld", "test/nss", "test_last/nss"))
                       + " |\n")
+
+    if (root / "table2").is_dir():
+        table2(root / "table2", out)
+
+
+def table2(folder: Path, out: Any) -> None:
+    """Table 2's question at the reduced scale: the scores by ensemble size."""
+    runs = [r for r in collect_runs(folder) if r.status == "finished"]
+    cells: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        size = int(r.metrics.get("ensemble_size") or 1)
+        for key in ("test/acc", "test/kld", "test/nss"):
+            v = r.metrics.get(key)
+            if isinstance(v, (int, float)):
+                cells[(r.model, size)][key].append(float(v) * (100 if key == "test/acc" else 1))
+    seeds = sorted({r.seed for r in runs})
+    out.write(f"\n## Table 2: ensemble size ({len(runs)} runs, seeds "
+              f"{', '.join(map(str, seeds))})\n\n| model | N | acc | KLD | NSS |\n"
+              "|---|---:|---:|---:|---:|\n")
+    for (model, size), v in sorted(cells.items(), key=lambda kv: (MODELS.index(kv[0][0])
+                                                                  if kv[0][0] in MODELS else 99,
+                                                                  kv[0][1])):
+        out.write(f"| {model} | {size} | {_ms(v['test/acc'], 1)} | {_ms(v['test/kld'])} | "
+                  f"{_ms(v['test/nss'])} |\n")
 
 
 if __name__ == "__main__":
