@@ -47,6 +47,38 @@ def _stat_error(exc: OSError, path: Path, what: str) -> str:
     return f"{what}: cannot look at {path} ({exc.strerror or type(exc).__name__})"
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long, among others
+        return False
+
+
+def check_path_length(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse a path with a component longer than the file system allows (usually 255 bytes)
+    or longer than ``PATH_MAX`` in all, before any ``stat``, ``mkdir`` or ``open`` fails
+    on it with a traceback (``OSError: File name too long``). Returns the path."""
+    from mimic_runner.errors import UserError
+
+    p = Path(path)
+    existing = p.parent
+    while not _is_dir(existing) and existing != existing.parent:
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    longest = max((len(os.fsencode(part)) for part in p.parts), default=0)
+    if longest > name_max or len(os.fsencode(p)) >= path_max:
+        limit = (f"a name of {longest} bytes, the file system allows {name_max}"
+                 if longest > name_max else f"{len(os.fsencode(p))} bytes in all, the limit "
+                 f"is {path_max}")
+        raise UserError(f"{what}: the path {str(p)[:60]}... is too long ({limit}); choose a "
+                        "shorter name")
+    return p
+
+
 def require_regular_file(path: str | os.PathLike[str], what: str) -> Path:
     """Refuse, before it is opened, an input that is not an existing regular file.
 
@@ -191,7 +223,7 @@ def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
     """
     from mimic_runner.errors import UserError
 
-    out = Path(path)
+    out = check_path_length(path, what)
     if out.exists() and not out.is_dir():
         raise UserError(f"{what}: {out} is a file, not a folder; choose another output folder")
     existing = out
@@ -218,7 +250,7 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
     :func:`check_output_dir`)."""
     from mimic_runner.errors import UserError
 
-    out = Path(path)
+    out = check_path_length(path, what)
     if out.is_dir():
         raise UserError(f"{what}: {out} is a folder; give a file name such as "
                         f"{out / 'result.json'}")

@@ -470,3 +470,20 @@ def test_a_fifo_as_a_source_csv_is_refused(tmp_path: Path) -> None:
         list(csv_rows(fifo, ["path"]))
     with pytest.raises(DatasetError, match=r"File name too long"):
         list(csv_rows(tmp_path / ("x" * 300 + ".csv"), ["path"]))
+
+
+def test_over_long_names_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 300-character component (OSError: File name too long) in --out, --root or the file
+    of `mimic-data info`: one line each, nothing made."""
+    long = "x" * 300
+    for argv in (["synth-cxr", "--n", "30", "--out", str(tmp_path / f"{long}.h5")],
+                 ["synth-cxr", "--n", "30", "--out", str(tmp_path / "new" / long / "a.h5")],
+                 ["prepare", "folder", "--root", str(tmp_path / long), "--out",
+                  str(tmp_path / "a.h5")],
+                 ["info", str(tmp_path / f"{long}.h5")]):
+        with pytest.raises(SystemExit) as exc:
+            data_main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "too long" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -40,6 +40,7 @@ from mimic_runner.errors import DatasetError, UserError, no_room
 from mimic_runner.io import (
     atomic_path,
     check_output_dir,
+    check_path_length,
     file_kind,
     hdf5_image,
     refuse_non_regular_output,
@@ -88,7 +89,7 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> Path:
     place, a FIFO, device or socket (even with ``overwrite``), an existing file without
     ``overwrite``, or a folder that cannot be made or written
     (:func:`mimic_runner.io.check_output_dir`). Raises a :class:`UserError` naming the path."""
-    out = Path(path)
+    out = check_path_length(path, "output")
     if out.is_dir():
         raise UserError(f"{out}: output is a directory; give a file name such as "
                         f"{out / 'data.h5'}")

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mimic_runner.data.schema import check_output_file
 from mimic_runner.errors import DatasetError, UserError
-from mimic_runner.io import file_kind
+from mimic_runner.io import check_path_length, file_kind
 
 T = TypeVar("T")
 
@@ -125,7 +125,7 @@ def check_size(size: int) -> None:
 
 
 def check_dir(path: str | os.PathLike[str], what: str) -> Path:
-    p = Path(path)
+    p = check_path_length(path, what)
     if not p.is_dir():
         raise DatasetError(f"{p}: {what} not found (no such directory)")
     return p
