@@ -294,10 +294,11 @@ def _train(session: FeedbackSession, module: AttentionBranchModule, params: Retr
     return history
 
 
-def measure_speed(session: FeedbackSession, params: RetrainParams, steps: int = 2
+def measure_speed(session: FeedbackSession, params: RetrainParams, steps: int = 1
                   ) -> dict[str, float]:
     """Seconds of one training step and of one evaluation batch with these settings, timed on
-    this machine (one untimed warm-up step first) on a copy of the current version."""
+    this machine on a copy of the current version (after an untimed warm-up step on two
+    images, which pays for the first allocations without costing a full step)."""
     module = session.build_module()
     module.load_state_dict(session.model().state_dict())
     optimizer = torch.optim.Adam(trainable_parameters(module, params.train), lr=params.lr)
@@ -311,7 +312,8 @@ def measure_speed(session: FeedbackSession, params: RetrainParams, steps: int = 
     batch = {k: v[:bs] for k, v in train.tensors.items()}
     batch["image"] = session.dm.normalise(batch["image"])
     sel = torch.arange(len(fb_ids))
-    _step(module, optimizer, batch, feedback, sel, params.gamma)
+    _step(module, optimizer, {k: v[:2] for k, v in batch.items()}, feedback, sel[:1],
+          params.gamma)
     t = time.perf_counter()
     for _ in range(steps):
         _step(module, optimizer, batch, feedback, sel, params.gamma)
