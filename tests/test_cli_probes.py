@@ -74,6 +74,9 @@ PROBES = {
     "trainer.accelerator=cuda": "trainer.accelerator=cuda: this machine has no CUDA GPU",
     "trainer.devices=100000": "trainer.devices=100000: this machine has ",
     "trainer.devices=0": "trainer.devices=0: use 1 or more",
+    # a class or function that does not import
+    "model.optimizer._target_=torch.optim.Nope":
+        "model.optimizer._target_=torch.optim.Nope: cannot import it (ModuleNotFoundError",
     # command-line flags and sweeps
     "--config-dir /no/such/dir/mimic": "--config-dir /no/such/dir/mimic: no such folder",
     "-m seed=3,3": "seed=3,3: 3 is listed more than once",

@@ -70,6 +70,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)  # SystemExit passes through Hydra's handler, which would print a trace
+    except HydraException as exc:  # building the Trainer, a callback: Lightning's reason kept
+        if multirun:
+            raise
+        print(f"error: {_cause_kept(exc)}; `mimic-run --cfg job` shows the composed config",
+              file=sys.stderr)
+        sys.exit(2)  # here, not in main(): Hydra would first print "Error executing job ..."
     return optimized_value(cfg, metrics)
 
 
@@ -158,8 +164,11 @@ def announce_sweep(cfg: DictConfig, argv: list[str]) -> None:
 def _cause_kept(exc: BaseException) -> str:
     """A Hydra error as one line, keeping the cause it wraps ("Error in call to target
     'lightning...Trainer':" says nothing without the TypeError under it)."""
-    text = first_line(exc)
+    text = first_line(exc).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception",
+                                   "")
     cause = exc.__cause__ or exc.__context__
+    while cause is not None and first_line(cause).endswith(":"):  # says more further down
+        cause = cause.__cause__ or cause.__context__
     if cause is not None and first_line(cause) not in text:
         text = f"{text.rstrip(':')}: {type(cause).__name__}: {first_line(cause)}"
     return text

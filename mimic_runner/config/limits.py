@@ -50,7 +50,11 @@ SYNTH_BYTES_PER_PIXEL = 16
 def _line(exc: BaseException) -> str:
     """An exception's message as one line, without OmegaConf's "... raised while resolving"."""
     text = " ".join(str(exc).strip().split("\n")[0].split()) or type(exc).__name__
-    return text.split("raised while resolving interpolation: ")[-1].strip("\"' ").rstrip(".")
+    if "raised while resolving interpolation: " in text:
+        text = text.split("raised while resolving interpolation: ")[-1].strip()
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
+            text = text[1:-1]
+    return text.rstrip(".")
 
 
 def _short(value: Any) -> str:
@@ -84,6 +88,7 @@ def check_limits(cfg: DictConfig) -> None:
     """Every limit of this module that needs only the config, in one pass each."""
     check_sections(cfg)
     check_interpolations(cfg)
+    check_targets(cfg)
     check_numbers(cfg)
     check_paths(cfg)
     check_memory(cfg)
@@ -110,6 +115,22 @@ def check_interpolations(cfg: DictConfig) -> None:
                 continue  # leads to a value only Hydra's runtime knows
             raise UserError(f"{key}={_short(raw)}: {_line(exc)}; fix the interpolation (set "
                             "the variable, or name an existing key)") from None
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Every ``_target_`` (a class or function Hydra builds) imports; the loggers' are worded by
+    :func:`~mimic_runner.config.validate.check_trackers` (the extra to install)."""
+    from hydra._internal.utils import _locate
+
+    for key, raw in leaves(cfg):
+        if not key.endswith("._target_") or key.startswith("logger") or not isinstance(raw, str):
+            continue
+        try:
+            _locate(raw)
+        except Exception as exc:  # ImportError, AttributeError, ValueError: all "not there"
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise UserError(f"{key}={raw}: cannot import it ({type(cause).__name__}: "
+                            f"{_line(cause)}); check the module path") from None
 
 
 def int_bound(key: str) -> int:
