@@ -134,6 +134,19 @@ def _dotted(key: str) -> str:
     return re.sub(r"\[(\d+)\]", r".\1", key)
 
 
+@pytest.mark.parametrize("n", ["1000000000000", "9" * 30, "9000000 --size 1024"])
+def test_synth_request_that_cannot_fit_is_one_line(n: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``mimic-data synth-cxr --n HUGE``: refused before numpy tries to allocate it."""
+    from mimic_runner.cli.data import main
+
+    out = tmp_path / "x.h5"
+    with pytest.raises(SystemExit) as exc:
+        main(["synth-cxr", "--n", *n.split(" "), "--out", str(out)])
+    assert_one_error_line(int(exc.value.code or 0), capsys.readouterr().err, "--n ")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_numbers_every_float_key_finite_and_every_int_bounded(compose) -> None:  # type: ignore[no-untyped-def]
     """The checks walk every key, so a float or count added later is covered too."""
     from omegaconf import OmegaConf

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from mimic_runner.config.limits import check_synth_fits
 from mimic_runner.data import synth_cxr, synth_smear
 from mimic_runner.data.schema import SPLITS, check_output_file, write_dataset
 from mimic_runner.errors import UserError
@@ -89,6 +90,8 @@ def _run(module: ModuleType, args: argparse.Namespace) -> None:
     # Fail before spending time on generation: existing file, a folder, an unwritable place.
     out = check_output_file(args.out, args.overwrite)
     params = resolve_knobs(args, module.generate)
+    if isinstance(params.get("n"), int) and isinstance(params.get("size"), int):
+        check_synth_fits(params["n"], params["size"], "--n ", "--size")  # before allocating
     start = time.perf_counter()
     data = module.generate(**params)
     generated = time.perf_counter()

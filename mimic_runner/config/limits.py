@@ -228,9 +228,17 @@ def check_memory(cfg: DictConfig) -> None:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n, size)):
         return  # the generator's own checks word a bad value
     side = max(size, OmegaConf.select(cfg, "data.image_size", default=None) or 0)
-    check_fits(n * side * side * SYNTH_BYTES_PER_PIXEL,
-               f"data.synth.params.n={n} at {side}x{side} px",
-               "use a smaller data.synth.params.n or data.image_size")
+    check_synth_fits(n, side, "data.synth.params.n=", "data.image_size")
+
+
+def check_synth_fits(n: int, side: int, n_name: str, side_name: str) -> None:
+    """``n`` synthetic images of ``side``x``side`` px fit in memory (generated, then held at
+    once); ``n_name`` (``--n `` or ``data.synth.params.n=``) and ``side_name`` word the fix."""
+    if n > int_bound("data.synth.params.n"):
+        raise UserError(f"{n_name}{_short(n)}: too large; use at most "
+                        f"{int_bound('data.synth.params.n'):,} images")
+    check_fits(n * side * side * SYNTH_BYTES_PER_PIXEL, f"{n_name}{n} at {side}x{side} px",
+               f"use a smaller {n_name.rstrip('= ')} or {side_name}")
 
 
 # -- the machine --------------------------------------------------------------------------------
