@@ -12,7 +12,8 @@ explained layer's own grid (``grad_cam(..., size=None, create_graph=True)``: per
 min-max, no upsampling), ``pool(gaze)`` the image's training gaze average-pooled to that grid.
 Pure functions on tensors; the LightningModules decide when the term is on.
 
-Distances (per image, then averaged over the images that have gaze mass):
+Distances (per image, then averaged over the images that have gaze mass, and summed over
+ensemble members):
 
 * ``kl``: KL(gaze' ‖ cam') of both maps normalised to sum 1 (eps 1e-8), the saliency KLD that
   the evaluation reports, used as a loss;
@@ -58,7 +59,9 @@ def guidance_target(gaze: Tensor, grid: tuple[int, int], distance: str = "kl") -
 
 
 def gaze_guidance(cams: Tensor, gaze: Tensor, distance: str = "kl") -> Tensor:
-    """The guidance term, a 0-d tensor: mean over images (and members) of d(target, cam).
+    """The guidance term, a 0-d tensor: the mean over images of d(target, cam), summed over
+    ensemble members (as an ensemble's cross-entropy is the sum of its members' own, so
+    ``weight`` weighs each member's term against its cross-entropy as for a single model).
 
     Args:
         cams: differentiable Grad-CAMs at the explained grid, (B, h, w) for one model or
@@ -83,5 +86,5 @@ def gaze_guidance(cams: Tensor, gaze: Tensor, distance: str = "kl") -> Tensor:
     if not bool(has_mass.any()):
         return cams.sum() * 0.0
     d = map_distance(target.expand_as(cams), cams, distance)  # (B,) or (N, B)
-    return d[..., has_mass].mean()
+    return d[..., has_mass].mean(dim=-1).sum()
 
