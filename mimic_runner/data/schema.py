@@ -557,44 +557,76 @@ def validate_dataset(
     return run_bounded(_validate, *args, what=str(shown))
 
 
+def _load(p: Path, shown: Path, split: str | None, keys: tuple[str, ...] | None,
+          require_splits: tuple[str, ...], progress: Progress = _noop,
+          ) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
+    """:func:`read_dataset`'s work: validate, then read each wanted key (restricted to
+    ``split``). In a child process (``progress`` has an ``array`` method, see
+    :class:`mimic_runner.data.watchdog.Reporter`) each array is sent as soon as it is read and
+    the returned dict is empty; here, it holds them."""
+    info = _validate(p, shown, require_splits, True, False, progress)
+    wanted = list(keys) if keys is not None else [*REQUIRED_KEYS, *info.maps]
+    send = getattr(progress, "array", None)
+    out: dict[str, np.ndarray] = {}
+    key = "split"
+    try:
+        with h5py.File(p, "r") as f:
+            sel = slice(None)
+            if split is not None:
+                progress("key 'split'")
+                mask = _read(f["split"], (), shown, "split") == SPLITS.index(split)
+                if not mask.any():
+                    raise DatasetError(f"{shown}: the '{split}' split is empty")
+                sel = np.flatnonzero(mask)
+            for key in wanted:
+                if key not in (*REQUIRED_KEYS, *info.maps):
+                    raise DatasetError(f"{shown}: key '{key}': missing")
+                progress(f"key '{key}'")
+                arr = (_read_ids(f[key], shown, progress) if key == "ids"
+                       else _read(f[key], (), shown, key))
+                arr = arr[sel] if isinstance(sel, np.ndarray) else arr
+                if send is not None:
+                    send(key, arr)
+                else:
+                    out[key] = arr
+                del arr
+    except DatasetError:
+        raise
+    except Exception as exc:  # h5py or libhdf5 on a damaged file
+        raise DatasetError(f"{shown}: key '{key}': cannot be read ({type(exc).__name__}: "
+                           f"{_one_line(exc)}); the file is damaged: copy or generate it "
+                           "again") from None
+    return info, out
+
+
 def read_dataset(
     path: str | os.PathLike[str],
     split: str | None = None,
     keys: Sequence[str] | None = None,
     require_splits: Sequence[str] = SPLITS,
+    *,
+    bounded: bool = True,
 ) -> tuple[dict[str, np.ndarray], DatasetInfo]:
     """Validate and load a dataset into memory.
 
     Returns ``(arrays, info)``; ``arrays`` holds ``images``, ``labels``, ``split``, ``ids`` and the
-    optional maps present (or only ``keys``), restricted to ``split`` when given. Validation is
-    deep and bounded (:func:`validate_dataset`): every array has been read once, in a child
-    process, before this process reads it, so a file that would hang or crash libhdf5 is
-    refused first.
+    optional maps present (or only ``keys``), restricted to ``split`` when given. With
+    ``bounded`` (the default) the file is validated and read in a child process that must keep
+    making progress, which sends each array here as it is read
+    (:func:`mimic_runner.data.watchdog.run_bounded`): a file on which libhdf5 loops or crashes
+    is refused in one line, and this process never calls libhdf5 on it.
     """
     if split is not None and split not in SPLITS:
         raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-    info = validate_dataset(path, require_splits=require_splits, deep=True)
+    p = Path(path)
+    _check_file(p, p)
+    args = (p, p, split, tuple(keys) if keys is not None else None, tuple(require_splits))
+    if not bounded:
+        info, out = _load(*args)
+        return out, info
+    from mimic_runner.data.watchdog import run_bounded
+
+    arrays: dict[str, np.ndarray] = {}
+    info, _ = run_bounded(_load, *args, what=str(p), arrays=arrays)
     wanted = list(keys) if keys is not None else [*REQUIRED_KEYS, *info.maps]
-    shown = info.path
-    key = "split"
-    try:
-        with h5py.File(info.path, "r") as f:
-            sel = slice(None)
-            if split is not None:
-                mask = _read(f["split"], (), shown, "split") == SPLITS.index(split)
-                if not mask.any():
-                    raise DatasetError(f"{shown}: the '{split}' split is empty")
-                sel = np.flatnonzero(mask)
-            out: dict[str, np.ndarray] = {}
-            for key in wanted:
-                if key not in (*REQUIRED_KEYS, *info.maps):
-                    raise DatasetError(f"{shown}: key '{key}': missing")
-                arr = _read_ids(f[key], shown) if key == "ids" else _read(f[key], (), shown, key)
-                out[key] = arr[sel] if isinstance(sel, np.ndarray) else arr
-    except DatasetError:
-        raise
-    except Exception as exc:  # the file changed since it was validated, or h5py failed anyway
-        raise DatasetError(f"{shown}: key '{key}': cannot be read ({type(exc).__name__}: "
-                           f"{_one_line(exc)}); the file is damaged: copy or generate it "
-                           "again") from None
-    return out, info
+    return {k: arrays[k] for k in wanted}, info

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 STALL_ENV = "MIMIC_READ_STALL_S"
 DEFAULT_STALL_S = 8.0
 _START_S = 120.0  # a fresh interpreter's imports, before the first step (a loaded machine)
@@ -50,10 +52,37 @@ def stall_seconds() -> float:
     return value if 0 < value < float("inf") else DEFAULT_STALL_S
 
 
-def _send(fd: int, kind: bytes, payload: bytes) -> None:
-    data = _HEADER.pack(kind, len(payload)) + payload
-    while data:
-        data = data[os.write(fd, data):]
+def _send(fd: int, kind: bytes, payload: bytes | memoryview) -> None:
+    """One frame; a large payload is written from its own memory, never copied."""
+    _write_all(fd, _HEADER.pack(kind, len(payload)))
+    _write_all(fd, memoryview(payload).cast("B"))
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Reporter:
+    """What the reader in the child is given as ``progress``: call it with the step about to
+    be read; :meth:`array` sends an array to the caller as soon as it is read (so that neither
+    process holds the whole dataset twice)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __call__(self, step: str) -> None:
+        _send(self.fd, b"P", step.encode("utf-8", "replace")[:500])
+
+    def array(self, key: str, arr: np.ndarray) -> None:
+        if arr.dtype.hasobject:  # strings: small, pickled
+            _send(self.fd, b"O", pickle.dumps((key, arr)))
+            return
+        arr = np.ascontiguousarray(arr)
+        header = {"key": key, "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        _send(self.fd, b"H", json.dumps(header).encode())
+        _send(self.fd, b"D", memoryview(arr).cast("B") if arr.size else b"")
 
 
 def _child(fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
@@ -61,12 +90,8 @@ def _child(fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any])
     from mimic_runner.errors import UserError
 
     faulthandler.disable()  # a crash is reported by the parent in one line, not dumped here
-
-    def progress(step: str) -> None:
-        _send(fd, b"P", step.encode("utf-8", "replace")[:500])
-
     try:
-        outcome: tuple = ("ok", fn(*args, progress=progress, **kwargs))
+        outcome: tuple = ("ok", fn(*args, progress=Reporter(fd), **kwargs))
     except UserError as exc:
         outcome = ("user", type(exc), str(exc))
     except BaseException as exc:  # everything goes back to the parent, in words
@@ -89,33 +114,69 @@ def spawned_main() -> None:
 
 
 class _Frames:
-    """Reads frames from a pipe with a deadline per frame."""
+    """Reads frames from a pipe; every read must come within ``stall`` seconds (the first
+    within ``first``), or TimeoutError."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd, self.buf = fd, b""
+    def __init__(self, fd: int, stall: float, first: float) -> None:
+        self.fd, self.stall, self.buf = fd, stall, bytearray()
+        self.deadline = time.monotonic() + first
 
-    def _fill(self, deadline: float) -> bool:
-        """Read more bytes; False at end of file, TimeoutError past ``deadline``."""
-        left = deadline - time.monotonic()
+    def _wait(self) -> None:
+        left = self.deadline - time.monotonic()
         if left <= 0 or not select.select([self.fd], [], [], left)[0]:
             raise TimeoutError
+
+    def _fill(self) -> bool:
+        """Read more bytes into the buffer; False at end of file."""
+        self._wait()
         chunk = os.read(self.fd, 1 << 16)
         self.buf += chunk
         return bool(chunk)
 
-    def next(self, deadline: float) -> tuple[bytes, bytes] | None:
-        """The next (kind, payload), or None when the child closed the pipe first."""
+    def _into(self, view: memoryview) -> bool:
+        """Fill ``view`` (buffered bytes first, then straight from the pipe); False at end of
+        file. Data still flowing is progress: each read moves the deadline."""
+        done = min(len(self.buf), len(view))
+        view[:done] = self.buf[:done]
+        del self.buf[:done]
+        while done < len(view):
+            self._wait()
+            got = os.readv(self.fd, [view[done:]])
+            if not got:
+                return False
+            done += got
+            self.deadline = time.monotonic() + self.stall
+        return True
+
+    def next(self, into: np.ndarray | None = None) -> tuple[bytes, bytes] | None:
+        """The next (kind, payload), or None when the child closed the pipe first. With
+        ``into``, a data frame's payload goes straight into that array (payload ``b""``)."""
         while len(self.buf) < _HEADER.size:
-            if not self._fill(deadline):
+            if not self._fill():
                 return None
         kind, size = _HEADER.unpack_from(self.buf)
-        while len(self.buf) < _HEADER.size + size:
-            # a result is one frame: allow it the time to arrive once it has begun
-            if not self._fill(max(deadline, time.monotonic() + _START_S)):
+        del self.buf[:_HEADER.size]
+        if into is not None and kind == b"D":
+            if size != into.nbytes or not self._into(memoryview(into).cast("B")):
                 return None
-        payload = self.buf[_HEADER.size:_HEADER.size + size]
-        self.buf = self.buf[_HEADER.size + size:]
+            payload = b""
+        else:
+            out = bytearray(size)
+            if not self._into(memoryview(out)):
+                return None
+            payload = bytes(out)
+        self.deadline = time.monotonic() + self.stall
         return kind, payload
+
+
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe buffer where Linux allows it (arrays pass with fewer wake-ups)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
 
 
 class _Child:
@@ -127,6 +188,7 @@ class _Child:
         self.stderr: Any = None  # a fresh interpreter's last words
         if hasattr(os, "fork") and threading.active_count() == 1:
             r, w = os.pipe()
+            _widen(w)
             self.pid = os.fork()
             if self.pid == 0:  # the child: never return into the caller's code
                 try:
@@ -145,6 +207,7 @@ class _Child:
              "from mimic_runner.data.watchdog import spawned_main; spawned_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        _widen(self.proc.stdout.fileno())
         with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.write(json.dumps(sys.path).encode() + b"\n")
             self.proc.stdin.write(pickle.dumps((fn, args, kwargs)))
@@ -178,27 +241,29 @@ class _Child:
 
 
 def run_bounded(fn: Callable[..., Any], *args: Any, what: str, stall_s: float | None = None,
-                **kwargs: Any) -> Any:
+                arrays: dict[str, np.ndarray] | None = None, **kwargs: Any) -> Any:
     """``fn(*args, progress=..., **kwargs)`` in a child process; its result, or its
     :class:`~mimic_runner.errors.UserError` raised again here.
 
     ``fn`` must be a module-level function (a fresh interpreter imports it by name), call
     ``progress(step)`` at least every ``stall_s`` seconds (``step`` names what it reads next)
-    and return something picklable. ``what`` starts the error message (the file, as the user
-    named it). A child that stalls is killed; one that dies (a crash inside a C library) or
-    fails unexpectedly becomes a :class:`~mimic_runner.errors.DatasetError` too.
+    and return something picklable. Arrays it sends with ``progress.array(key, arr)``
+    (:class:`Reporter`) are put into ``arrays``, received straight into their own memory.
+    ``what`` starts the error message (the file, as the user named it). A child that stalls
+    is killed; one that dies (a crash inside a C library) or fails unexpectedly becomes a
+    :class:`~mimic_runner.errors.DatasetError` too.
     """
     from mimic_runner.errors import DatasetError
 
     stall = stall_s if stall_s is not None else stall_seconds()
     child = _Child(fn, args, kwargs)
-    frames = _Frames(child.fd)
+    frames = _Frames(child.fd, stall, max(stall, child.start_s))
     step, outcome, killed = "opening it", None, False
-    deadline = time.monotonic() + max(stall, child.start_s)
+    pending: tuple[str, np.ndarray] | None = None  # an array whose bytes come next
     try:
         while True:
             try:
-                frame = frames.next(deadline)
+                frame = frames.next(pending[1] if pending else None)
             except TimeoutError:
                 child.kill()
                 killed = True
@@ -209,8 +274,17 @@ def run_bounded(fn: Callable[..., Any], *args: Any, what: str, stall_s: float | 
             if kind == b"R":
                 outcome = pickle.loads(payload)
                 break
-            step = payload.decode("utf-8", "replace")
-            deadline = time.monotonic() + stall
+            if kind == b"P":
+                step = payload.decode("utf-8", "replace")
+            elif kind == b"H":
+                header = json.loads(payload)
+                pending = (header["key"], np.empty(header["shape"], np.dtype(header["dtype"])))
+            elif kind == b"D" and pending is not None and arrays is not None:
+                arrays[pending[0]] = pending[1]
+                pending = None
+            elif kind == b"O" and arrays is not None:
+                key, value = pickle.loads(payload)
+                arrays[key] = value
     except BaseException:
         child.kill()
         raise
