@@ -1649,7 +1649,7 @@ function updateDecisionButtons() {
   const rs = s.retrain && s.retrain.state;
   const running = rs === "running" || rs === "cancelling" || ["running", "cancelling"].includes($("#retrain-message").dataset.state);
   const cand = s.candidate;
-  $("#accept").disabled = !cand || running || state.busy.has("decision");
+  $("#accept").disabled = !cand || running || state.busy.has("decision") || state.busy.has("accept-dialog");
   $("#rollback").disabled = !cand || running || state.busy.has("decision");
   $("#accept").textContent = cand ? `Accept v${cand.id}${state.acceptNote && state.acceptNote.id === cand.id ? ` (${state.acceptNote.text})` : ""}` : "Accept new version";
   $("#accept").classList.toggle("falls", !!(cand && state.acceptNote && state.acceptNote.id === cand.id && state.acceptNote.falls));
@@ -1875,13 +1875,18 @@ async function comparisonFor(before, after) {
 
 async function accept() {
   const s = state.status, c = s.candidate;
-  if (!c || state.busy.has("decision")) return;
-  state.busy.add("accept-dialog");
-  let ch;
-  try {
-    setStatus(`Measuring version ${c.id} against version ${s.current.id}…`);
-    ch = accuracyChange(await comparisonFor(s.current.id, c.id));
-  } finally { state.busy.delete("accept-dialog"); }
+  if (!c || state.busy.has("decision") || state.busy.has("accept-dialog")) return;
+  state.busy.add("accept-dialog");  // a second click while measuring or asking does nothing
+  $("#accept").disabled = true;
+  try { await acceptFlow(s, c); } finally {
+    state.busy.delete("accept-dialog");
+    updateDecisionButtons();
+  }
+}
+
+async function acceptFlow(s, c) {
+  setStatus(`Measuring version ${c.id} against version ${s.current.id}…`);
+  const ch = accuracyChange(await comparisonFor(s.current.id, c.id));
   const falls = ch.delta < 0;
   state.acceptNote = { id: c.id, falls, text: ch.delta === undefined ? "" : `accuracy ${points(ch.delta)} pts` };
   updateDecisionButtons();
