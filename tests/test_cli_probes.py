@@ -74,6 +74,8 @@ PROBES = {
     "trainer.accelerator=cuda": "trainer.accelerator=cuda: this machine has no CUDA GPU",
     "trainer.devices=100000": "trainer.devices=100000: this machine has ",
     "trainer.devices=0": "trainer.devices=0: use 1 or more",
+    "trainer.devices=2": "trainer.devices=2: ",  # one device per run (or: beyond 1 core)
+    "trainer.devices=[0,1]": "trainer.devices=[0, 1]: a run trains on one device",
     # a class or function that does not import
     "model.optimizer._target_=torch.optim.Nope":
         "model.optimizer._target_=torch.optim.Nope: cannot import it (ModuleNotFoundError",

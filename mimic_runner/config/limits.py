@@ -309,6 +309,14 @@ def check_devices(node: DictConfig) -> None:
         if bad:
             raise UserError(f"trainer.devices={list(devices)}: GPU {bad[0]} does not exist; "
                             f"this machine has GPUs 0 to {gpus - 1}")
+    used = (len(devices) if isinstance(devices, ListConfig) else
+            have if devices == -1 or (devices == "auto" and gpus) else
+            devices if isinstance(devices, int) else 1)
+    if used > 1:
+        raise UserError(f"trainer.devices={devices}: a run trains on one device (Lightning's "
+                        f"multi-device mode would start this command again for each of {used}); "
+                        "use trainer.devices=1 and run several runs at once with -m ... "
+                        "launcher=local")
 
 
 def name_too_long(exc: BaseException) -> str | None:
