@@ -557,6 +557,23 @@ def validate_dataset(
     return run_bounded(_validate, *args, what=str(shown))
 
 
+def _read_rows(ds: h5py.Dataset, shown: Path, key: str, progress: Progress,
+               rows: np.ndarray | None) -> np.ndarray:
+    """The whole array (or the sorted ``rows`` of it), read in blocks of about 64 MiB with a
+    progress step before each, so that a large healthy file never looks stuck."""
+    n = ds.shape[0]
+    out = np.empty((n if rows is None else len(rows), *ds.shape[1:]), ds.dtype)
+    step, at = _rows_per_block(ds), 0
+    for start in range(0, n, step):
+        progress(f"key '{key}' (rows from {start})")
+        block = _read(ds, slice(start, start + step), shown, key)
+        if rows is not None:
+            block = block[rows[(rows >= start) & (rows < start + step)] - start]
+        out[at:at + len(block)] = block
+        at += len(block)
+    return out
+
+
 def _load(p: Path, shown: Path, split: str | None, keys: tuple[str, ...] | None,
           require_splits: tuple[str, ...], progress: Progress = _noop,
           ) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
@@ -582,9 +599,12 @@ def _load(p: Path, shown: Path, split: str | None, keys: tuple[str, ...] | None,
                 if key not in (*REQUIRED_KEYS, *info.maps):
                     raise DatasetError(f"{shown}: key '{key}': missing")
                 progress(f"key '{key}'")
-                arr = (_read_ids(f[key], shown, progress) if key == "ids"
-                       else _read(f[key], (), shown, key))
-                arr = arr[sel] if isinstance(sel, np.ndarray) else arr
+                if key == "ids":
+                    arr = _read_ids(f[key], shown, progress)
+                    arr = arr[sel] if isinstance(sel, np.ndarray) else arr
+                else:
+                    arr = _read_rows(f[key], shown, key, progress,
+                                     sel if isinstance(sel, np.ndarray) else None)
                 if send is not None:
                     send(key, arr)
                 else:
