@@ -279,8 +279,9 @@ def run_bounded(fn: Callable[..., Any], *args: Any, what: str, stall_s: float | 
             elif kind == b"H":
                 header = json.loads(payload)
                 pending = (header["key"], np.empty(header["shape"], np.dtype(header["dtype"])))
-            elif kind == b"D" and pending is not None and arrays is not None:
-                arrays[pending[0]] = pending[1]
+            elif kind == b"D" and pending is not None:
+                if arrays is not None:
+                    arrays[pending[0]] = pending[1]
                 pending = None
             elif kind == b"O" and arrays is not None:
                 key, value = pickle.loads(payload)
@@ -295,8 +296,12 @@ def run_bounded(fn: Callable[..., Any], *args: Any, what: str, stall_s: float | 
                            "HDF5 library; the file is damaged: copy or generate it again "
                            f"(a slow disk: raise {STALL_ENV})")
     if outcome is None:
-        how = (f"signal {signal.Signals(-status).name}" if status < 0
-               else f"exit status {status}")
+        how = f"exit status {status}"
+        if status < 0:
+            try:
+                how = f"signal {signal.Signals(-status).name}"
+            except ValueError:
+                how = f"signal {-status}"
         tail = f": {last_words}" if last_words else ""
         raise DatasetError(f"{what}: {step}: the reader died ({how}{tail}); the file is "
                            "damaged: copy or generate it again")
