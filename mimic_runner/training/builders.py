@@ -6,7 +6,7 @@ and the tools that reload a finished run (explanations, feedback).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,6 @@ from mimic_runner.training.callbacks import (
 from mimic_runner.training.modules import ExplainedClassifier
 from mimic_runner.traits import ModelTraits
 
-# The config sections a model is rebuilt from (saved in every checkpoint).
-MODEL_SECTIONS = ("model", "backbone", "explain")
 # Class paths that checkpoints and run folders of earlier versions store, and where they live now.
 LEGACY_TARGETS = {
     "mimic_runner.training.attention.AttentionBranchModule":
@@ -104,23 +102,21 @@ def default_channels_last(cfg: DictConfig) -> dict[str, bool]:
 
 
 def build_module(cfg: DictConfig, data: HDF5DataModule | DataShape) -> ExplainedClassifier:
-    """The LightningModule of ``cfg.model``. Its hyper-parameters (the model, backbone and
-    explain sections, resolved, and the data's shape) go into every checkpoint it writes, so
-    that :func:`~mimic_runner.training.checkpoint.load_checkpoint` needs nothing else."""
+    """The LightningModule of ``cfg.model`` for data of this shape. The module describes
+    itself (its model, backbone and explain settings and the data's shape, as its
+    hyper-parameters, in every checkpoint it writes), so that
+    :func:`~mimic_runner.training.checkpoint.load_checkpoint` needs nothing else."""
     shape = data if isinstance(data, DataShape) else DataShape.of(data)
     factory, explain_layer = backbone_factory(cfg)
     model_cfg = cfg.model
     if model_cfg.get("_target_") in LEGACY_TARGETS:
         model_cfg = OmegaConf.merge(model_cfg, {"_target_": LEGACY_TARGETS[model_cfg._target_]})
-    module = _instantiate(
+    return _instantiate(
         model_cfg, backbone=factory, in_channels=shape.in_channels,
         num_classes=shape.num_classes, maps=tuple(shape.maps),
         explain_target=cfg.explain.target, explain_layer=explain_layer,
         nss_variant=cfg.explain.nss_variant, class_names=tuple(shape.class_names),
-        _convert_="all", **default_channels_last(cfg))
-    sections = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_SECTIONS}
-    module.save_hyperparameters({"config": sections, "data": asdict(shape)}, logger=False)
-    return module
+        image_size=shape.image_size, _convert_="all", **default_channels_last(cfg))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, module: ExplainedClassifier,

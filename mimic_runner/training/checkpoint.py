@@ -1,10 +1,13 @@
 """Checkpoints that describe themselves: :func:`load_checkpoint` needs nothing but the file.
 
-Every module built by :func:`~mimic_runner.training.builders.build_module` saves, as its
-Lightning hyper-parameters, the resolved ``model``, ``backbone`` and ``explain`` config sections
-and the data's shape (channels, classes, maps, class names, image size); its checkpoints also
+Every module saves, as its Lightning hyper-parameters, the ``model``, ``backbone`` and
+``explain`` config sections and the data's shape (channels, classes, maps, class names, image
+size), written by the module itself from its constructor arguments
+(:mod:`mimic_runner.training.modules.describe`), however it was built; its checkpoints also
 hold the data's normalisation. That is what it takes to rebuild the network, as
 lightning-hydra-template's ``save_hyperparameters`` does, without pickling any code.
+Checkpoints of earlier versions (the builders saved the resolved config sections) have the
+same form and load alike.
 """
 
 from __future__ import annotations
@@ -57,6 +60,12 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | Path) -> tuple[Any, Data
     if "config" not in hp or "data" not in hp:
         raise UserError(f"{path}: this checkpoint does not describe its model (written before "
                         "mimic-runner 0.2); load it with mimic_runner.load_run(RUN_DIR)")
+    if hp.get("undescribed"):
+        raise UserError(f"{path}: this checkpoint's module was built with "
+                        f"{', '.join(map(str, hp['undescribed']))} that no config can describe "
+                        "(a lambda or an object, not a functools.partial of an importable "
+                        "callable); build the module in code and load_state_dict the checkpoint's "
+                        "state_dict")
     data = dict(hp["data"])
     data["maps"] = tuple(data.get("maps") or ())
     data["class_names"] = tuple(data.get("class_names") or ())

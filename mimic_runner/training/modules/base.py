@@ -27,6 +27,7 @@ from mimic_runner.metrics.references import mean_gaze_map
 from mimic_runner.models.classifier import BackboneFactory, ClassifierNet
 from mimic_runner.models.output import ModelOutput
 from mimic_runner.training.callbacks import epochs_from
+from mimic_runner.training.modules.describe import FACTORY_ARGS, describe_module
 from mimic_runner.traits import ModelTraits
 
 
@@ -82,7 +83,9 @@ class ExplainedClassifier(L.LightningModule):
     Subclasses build ``self.net`` (returning :class:`ModelOutput`) and may extend
     :meth:`loss`. ``explain_target`` chooses the class explained at test time (``pred`` or
     ``label``). ``traits`` (``model.traits``, :class:`~mimic_runner.traits.ModelTraits`) say
-    what the model is; :attr:`default_traits` when the config gives none.
+    what the model is; :attr:`default_traits` when the config gives none. ``image_size``
+    (H, W) of the data, recorded only. Every module saves its own description as its
+    hyper-parameters (:func:`~mimic_runner.training.modules.describe.describe_module`).
     """
 
     # What a model of this class is when its config gives no traits (built directly, or an old
@@ -106,8 +109,16 @@ class ExplainedClassifier(L.LightningModule):
         class_names: tuple[str, ...] = (),
         traits: Mapping[str, Any] | ModelTraits | None = None,
         gaze_guidance: Mapping[str, Any] | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        # The module describes itself: Lightning gathers the constructor arguments (this
+        # class's and every subclass's); describe_module turns them into the config sections
+        # and data shape that load_checkpoint rebuilds it from (factories as Hydra configs).
+        self.save_hyperparameters(ignore=list(FACTORY_ARGS), logger=False)
+        self.save_hyperparameters(describe_module(type(self), {
+            **self.hparams, "backbone": backbone, "optimizer": optimizer,
+            "scheduler": scheduler}), logger=False)
         self.guidance = GuidanceSettings.from_config(gaze_guidance)
         # The training Grad-CAMs of one step, shared by its terms (None outside a step).
         self._step_maps: dict[tuple[str, bool], Tensor] | None = None
