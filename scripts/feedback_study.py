@@ -209,7 +209,7 @@ class Walker:
 
     def __init__(self, page: Any) -> None:
         self.page = page
-        self.counts = {"clicks": 0, "drags": 0, "keys": 0, "typed": 0}
+        self.counts = {"clicks": 0, "drags": 0, "keys": 0, "typed": 0, "scrolls": 0}
 
     def click(self, sel: str) -> None:
         self.page.click(sel)
@@ -230,6 +230,16 @@ class Walker:
     def drag(self, canvas: str, box: list[list[float]]) -> None:
         (x0, y0), (x1, y1) = box
         to = "([s, x, y]) => window.mimicFeedback.imageToClient(s, x, y)"
+        # Below the sticky header and above the window's bottom, or a person scrolls first.
+        inside = ("([s, y]) => { const p = window.mimicFeedback.imageToClient(s, 0.5, y); "
+                  "const top = document.querySelector('header').getBoundingClientRect().bottom; "
+                  "return p[1] > top + 4 && p[1] < window.innerHeight - 4; }")
+        if not all(self.page.evaluate(inside, [canvas, y]) for y in (y0, y1)):
+            self.page.evaluate("s => { const c = document.querySelector(s).getBoundingClientRect();"
+                               " const top = document.querySelector('header')"
+                               ".getBoundingClientRect().bottom;"
+                               " window.scrollBy(0, c.top - top - 8); }", canvas)
+            self.counts["scrolls"] += 1
         a = self.page.evaluate(to, [canvas, x0, y0])
         b = self.page.evaluate(to, [canvas, x1, y1])
         m = self.page.mouse
@@ -305,10 +315,14 @@ def page_walk(run_dir: Path, out: Path, n_images: int, width: int, height: int,
             page.wait_for_selector("body[data-ready='1']", timeout=60_000)
             ids = page.eval_on_selector_all("#image-list button", "bs => bs.map(b => b.dataset.id)")
             chosen = walk_boxes(session, ids, n_images)
-            if strategy == "per-image":
-                _walk_per_image(w, chosen)
-            else:
-                _walk_shortcut(w, session, chosen)
+            try:
+                if strategy == "per-image":
+                    _walk_per_image(w, chosen)
+                else:
+                    _walk_shortcut(w, session, chosen)
+            except Exception:
+                page.screenshot(path=str(out / f"walk-{strategy}-{width}x{height}-failed.png"))
+                raise
             result["marking_s"] = round(time.perf_counter() - t0, 1)
             _walk_decisions(w, page, native=strategy == "per-image")
             result["page_s"] = round(time.perf_counter() - t0, 1)
@@ -363,8 +377,10 @@ def _walk_shortcut(w: Walker, session: Any, chosen: list[tuple[str, Any, Any]]) 
         if image_id not in boxes:
             continue
         w.click(f"#image-list button[data-id='{image_id}']")
-        page.wait_for_function(f"() => window.mimicFeedback.state.imageId === '{image_id}'")
-        n = page.evaluate("() => document.querySelectorAll('#roi-list li').length")
+        page.wait_for_function("id => document.querySelector('#image-caption').textContent"
+                               ".startsWith(id)", arg=image_id)
+        n = len(session.store.rois(image_id))
+        w.n_rois(n)  # this image's regions are shown
         w.drag("#image-canvas", boxes[image_id])
         w.n_rois(n + 1)
 
@@ -377,9 +393,14 @@ def _walk_decisions(w: Walker, page: Any, native: bool) -> None:
     def confirm() -> None:
         if native:
             w.counts["clicks"] += 1
-        else:
+        else:  # accept asks twice when the accuracy falls
             page.wait_for_selector("#confirm-dialog[open]")
             w.click("#confirm-dialog .confirm-yes")
+            page.wait_for_function(
+                "() => !document.querySelector('#confirm-dialog').open || "
+                "!document.querySelector('#confirm-dialog .confirm-yes').disabled")
+            if page.locator("#confirm-dialog[open]").count():
+                w.click("#confirm-dialog .confirm-yes")
 
     w.click("#advanced summary")
     w.fill("#f-max_batches", "5")
