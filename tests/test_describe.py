@@ -52,7 +52,7 @@ def direct_ensemble(**kw: Any) -> EnsembleModule:
 def test_a_module_built_directly_describes_itself(tmp_path: Path) -> None:
     module = direct_ensemble()
     hp = module.hparams
-    assert "undescribed" not in hp
+    assert set(hp) == {"config", "data"}
     model = hp["config"]["model"]
     assert model["_target_"] == "mimic_runner.training.modules.EnsembleModule"
     assert model["optimizer"] == {"_target_": "torch.optim.SGD", "_partial_": True,
@@ -83,6 +83,7 @@ def test_a_module_built_from_a_config_keeps_its_model_keys(compose, model: str) 
     cfg = compose(f"model={model}", "trainer=smoke", "++model.ensemble_size=2"
                   if "ensemble" in model else "seed=0")
     hp = build_module(cfg, SHAPE).hparams
+    assert set(hp) == {"config", "data"}
     resolved: Any = {k: OmegaConf.to_container(cfg[k], resolve=True)
                      for k in ("model", "backbone", "explain")}
     saved = hp["config"]

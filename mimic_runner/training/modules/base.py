@@ -114,11 +114,13 @@ class ExplainedClassifier(L.LightningModule):
         super().__init__()
         # The module describes itself: Lightning gathers the constructor arguments (this
         # class's and every subclass's); describe_module turns them into the config sections
-        # and data shape that load_checkpoint rebuilds it from (factories as Hydra configs).
+        # and data shape that load_checkpoint rebuilds it from (factories as Hydra configs),
+        # which replace the raw arguments as the hyper-parameters.
         self.save_hyperparameters(ignore=list(FACTORY_ARGS), logger=False)
-        self.save_hyperparameters(describe_module(type(self), {
-            **self.hparams, "backbone": backbone, "optimizer": optimizer,
-            "scheduler": scheduler}), logger=False)
+        args = {**self.hparams, "backbone": backbone, "optimizer": optimizer,
+                "scheduler": scheduler}
+        self.hparams.clear()
+        self.save_hyperparameters(describe_module(type(self), args), logger=False)
         self.guidance = GuidanceSettings.from_config(gaze_guidance)
         # The training Grad-CAMs of one step, shared by its terms (None outside a step).
         self._step_maps: dict[tuple[str, bool], Tensor] | None = None
