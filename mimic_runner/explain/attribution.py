@@ -63,6 +63,9 @@ def gradient_shap(logit_fn: Callable[[Tensor], Tensor], inputs: Tensor, targets:
         logits = logit_fn(point)
     score = logits.gather(1, targets.repeat(n_samples)[:, None]).sum()
     (grads,) = torch.autograd.grad(score, point, create_graph=create_graph)
+    # The training loss needs no gradient w.r.t. these images: the fast path then skips the
+    # first convolution's input gradient in the loss's backward.
+    point.requires_grad_(False)
     attr = grads * (x - base)
     return attr.reshape(n_samples, b, *inputs.shape[1:]).mean(dim=0)
 

@@ -48,10 +48,15 @@ def _channel_dot(u: Tensor, v: Tensor) -> Tensor:
 def _will_run(ctx: Any, i: int) -> bool:
     """Whether the running backward pass needs the gradient of the ``i``-th input.
 
-    Uses PyTorch's private ``_will_engine_execute_node``; when it is missing or cannot tell
-    (a leaf while ``autograd.grad`` runs), the gradient is computed."""
+    A leaf that no longer requires grad (GradientSHAP's interpolated images once their
+    gradient is taken) needs none. Otherwise PyTorch's private ``_will_engine_execute_node``
+    decides; when it is missing or cannot tell (a leaf while ``autograd.grad`` runs), the
+    gradient is computed."""
     node = ctx.next_functions[i][0]
     if node is None:
+        return False
+    leaf = getattr(node, "variable", None)
+    if leaf is not None and not leaf.requires_grad:
         return False
     will_run = getattr(torch._C, "_will_engine_execute_node", None)
     if will_run is None:
