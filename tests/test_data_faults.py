@@ -169,10 +169,10 @@ def test_a_damaged_map_that_validation_skips_is_caught_when_read(good: Path,
 
 
 def test_memory_check_counts_every_array(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(schema, "available_memory", lambda: 1000)
+    monkeypatch.setattr("mimic_runner.data.validate.available_memory", lambda: 1000)
     with pytest.raises(DatasetError, match=r"needs .* of memory but only .* is available"):
         validate_dataset(good)
-    monkeypatch.setattr(schema, "available_memory", lambda: None)  # unknown: no check
+    monkeypatch.setattr("mimic_runner.data.validate.available_memory", lambda: None)  # unknown
     assert validate_dataset(good).n == 12
 
 
