@@ -41,7 +41,7 @@ def gradient_shap(logit_fn: Callable[[Tensor], Tensor], inputs: Tensor, targets:
         fast_second_order: with ``create_graph``, run the model's convolutions and train-mode
             batch norms with hand-written second derivatives
             (:func:`mimic_runner.explain.double_backward.fast_double_backward`): the same
-            values and gradients up to float rounding, 1.3-1.4x faster training on them
+            values and gradients up to float rounding, a training step on them 1.3x faster
             (BENCHMARKS.md). False: PyTorch's own double backward.
 
     Returns:
