@@ -158,12 +158,15 @@ def main(argv: list[str] | None = None) -> None:
                       + " |\n")
 
     if (root / "table2").is_dir():
-        table2(root / "table2", out)
+        table2(root / "table2", out, extra=by_data.get("synth_cxr_clean", []))
 
 
-def table2(folder: Path, out: Any) -> None:
-    """Table 2's question at the reduced scale: the scores by ensemble size."""
+def table2(folder: Path, out: Any, extra: list | None = None) -> None:
+    """Table 2's question at the reduced scale: the scores by ensemble size. ``extra``: Table 1
+    runs of the same models and seeds (their N = 5) to complete the sizes."""
     runs = [r for r in collect_runs(folder) if r.status == "finished"]
+    models, seeds = {r.model for r in runs}, {r.seed for r in runs}
+    runs += [r for r in extra or () if r.model in models and r.seed in seeds]
     cells: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         size = int(r.metrics.get("ensemble_size") or 1)
