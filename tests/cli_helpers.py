@@ -50,3 +50,19 @@ def feedback_cli(capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no
         code = int(exc.code or 0)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def module_for_loss(compose, *overrides: str):  # type: ignore[no-untyped-def]
+    """A module built from ``compose(*overrides)`` for a 1-channel, 3-class dataset with gaze
+    and fixations, seeded, with a stand-in trainer at epoch 0 of 10 (for calling its losses)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mimic_runner.training.builders import DataShape, build_module
+
+    torch.manual_seed(0)
+    shape = DataShape(in_channels=1, num_classes=3, maps=("gaze", "fixations"))
+    module = build_module(compose(*overrides), shape)
+    module._trainer = SimpleNamespace(max_epochs=10, current_epoch=0)
+    return module

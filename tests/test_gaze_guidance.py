@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from cli_helpers import module_for_loss
 
 from mimic_runner.errors import UserError
 from mimic_runner.explain.guidance import gaze_guidance, guidance_target, pool_to_grid
-from mimic_runner.training.builders import DataShape, build_module
 from mimic_runner.training.modules.base import GuidanceSettings
-
-SHAPE = DataShape(in_channels=1, num_classes=3, maps=("gaze", "fixations"))
 
 
 def _gaze(n: int = 4, size: int = 32) -> torch.Tensor:
@@ -48,11 +44,7 @@ def test_kl_is_scale_free_and_images_without_gaze_are_left_out() -> None:
     assert float(zero.detach()) == 0.0 and c.grad is not None
 
 
-def _module(compose, *overrides: str):  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    module = build_module(compose(*overrides), SHAPE)
-    module._trainer = SimpleNamespace(max_epochs=10, current_epoch=0)
-    return module
+_module = module_for_loss
 
 
 def _batch(n: int = 4, size: int = 32) -> dict[str, torch.Tensor]:

@@ -4,22 +4,12 @@ terms, and the ensembles' cross-entropy is the sum of the members' own."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import module_for_loss
 
-from mimic_runner.training.builders import DataShape, build_module
-
-SHAPE = DataShape(in_channels=1, num_classes=3, maps=("gaze", "fixations"))
-
-
-def _module(compose, *overrides: str):  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    module = build_module(compose(*overrides), SHAPE)
-    module._trainer = SimpleNamespace(max_epochs=10, current_epoch=0)
-    return module
+_module = module_for_loss
 
 
 def _batch(size: int = 32, n: int = 4) -> dict[str, torch.Tensor]:
